@@ -1,0 +1,281 @@
+"""PaddleX's serving contract for PaddleOCR-VL: ``/layout-parsing`` and ``/restructure-pages``.
+
+Field names, types, defaults and checks follow paddlex's serving schema so existing clients work
+unchanged. Responses are serialised with :func:`dump_response`, which drops null model fields as
+PaddleX does (values inside ``prunedResult``, a plain dict, keep their nulls).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Annotated
+
+from .prompts import PROMPT_LABELS
+
+INFER_ENDPOINT = "/layout-parsing"
+RESTRUCTURE_PAGES_ENDPOINT = "/restructure-pages"
+
+MERGE_BBOXES_MODES: tuple[str, ...] = ("large", "small", "union")
+SHAPE_MODES: tuple[str, ...] = ("rect", "quad", "poly", "auto")
+OUTPUT_FORMATS: tuple[str, ...] = ("docx",)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+FileType = Literal[0, 1]
+
+
+def _check_output_formats(formats: Optional[List[str]]) -> Optional[List[str]]:
+    for fmt in formats or []:
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"Unsupported `outputFormats` entry {fmt!r}. Supported values: {sorted(OUTPUT_FORMATS)}"
+            )
+    return formats
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _OutputFormats(BaseModel):
+    outputFormats: Optional[List[str]] = None
+
+    @field_validator("outputFormats")
+    @classmethod
+    def _formats(cls, v: Optional[List[str]]) -> Optional[List[str]]:
+        return _check_output_formats(v)
+
+
+class InferRequest(_OutputFormats):
+    """Body of ``POST /layout-parsing``."""
+
+    file: str
+    fileType: Optional[FileType] = None
+    useDocOrientationClassify: Optional[bool] = None
+    useDocUnwarping: Optional[bool] = None
+    useLayoutDetection: Optional[bool] = None
+    useChartRecognition: Optional[bool] = None
+    useSealRecognition: Optional[bool] = None
+    useOcrForImageBlock: Optional[bool] = None
+    layoutThreshold: Optional[Union[float, dict]] = None
+    layoutNms: Optional[bool] = None
+    layoutUnclipRatio: Optional[Union[float, Tuple[float, float], dict]] = None
+    layoutMergeBboxesMode: Optional[Union[str, dict]] = None
+    layoutShapeMode: Literal["rect", "quad", "poly", "auto"] = "auto"
+    promptLabel: Optional[str] = None
+    formatBlockContent: Optional[bool] = None
+    repetitionPenalty: Optional[float] = None
+    temperature: Optional[float] = None
+    topP: Optional[float] = None
+    minPixels: Optional[PositiveInt] = None
+    maxPixels: Optional[PositiveInt] = None
+    maxNewTokens: Optional[PositiveInt] = None
+    mergeLayoutBlocks: Optional[bool] = None
+    markdownIgnoreLabels: Optional[List[str]] = None
+    vlmExtraArgs: Optional[dict] = None
+    prettifyMarkdown: bool = True
+    showFormulaNumber: bool = False
+    returnMarkdownImages: bool = True
+    restructurePages: bool = False
+    mergeTables: bool = True
+    relevelTitles: bool = True
+    visualize: Optional[bool] = None
+    logId: Optional[str] = None
+
+    @field_validator("topP")
+    @classmethod
+    def _top_p(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"`topP` must be > 0 and ≤ 1; got: {v}")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v < 0:
+            raise ValueError(f"`temperature` must be ≥ 0; got: {v}")
+        return v
+
+    @field_validator("repetitionPenalty")
+    @classmethod
+    def _repetition_penalty(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v <= 0:
+            raise ValueError(f"`repetitionPenalty` must be > 0; got: {v}")
+        return v
+
+    @field_validator("promptLabel")
+    @classmethod
+    def _prompt_label(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in PROMPT_LABELS:
+            raise ValueError(f"`promptLabel` must be one of: {', '.join(PROMPT_LABELS)}; got: {v}")
+        return v
+
+    @field_validator("layoutMergeBboxesMode")
+    @classmethod
+    def _merge_mode(cls, v: Optional[Union[str, dict]]) -> Optional[Union[str, dict]]:
+        allowed = ", ".join(MERGE_BBOXES_MODES)
+        values = list(v.values()) if isinstance(v, dict) else [v]
+        for value in values:
+            if value is not None and value not in MERGE_BBOXES_MODES:
+                raise ValueError(f"`layoutMergeBboxesMode` values must be one of: {allowed}; got: {value!r}")
+        return v
+
+    @field_validator("layoutUnclipRatio")
+    @classmethod
+    def _unclip_ratio(cls, v: Any) -> Any:
+        items = v.items() if isinstance(v, dict) else [(None, v)]
+        for key, value in items:
+            where = "" if key is None else f" value for key '{key}'"
+            pair = list(value) if isinstance(value, (list, tuple)) else None
+            if value is None and key is None:
+                continue
+            if pair is not None:
+                if len(pair) != 2 or not all(_is_number(x) for x in pair):
+                    raise ValueError(f"`layoutUnclipRatio`{where} must be a number or two numbers; got: {value!r}")
+                if any(x <= 0 for x in pair):
+                    raise ValueError(f"`layoutUnclipRatio`{where} values must be > 0; got: {value!r}")
+            elif not _is_number(value):
+                raise ValueError(f"`layoutUnclipRatio`{where} must be a number or two numbers; got: {value!r}")
+            elif value <= 0:
+                raise ValueError(f"`layoutUnclipRatio`{where} must be > 0; got: {value}")
+        return v
+
+    @field_validator("layoutThreshold")
+    @classmethod
+    def _threshold(cls, v: Any) -> Any:
+        items = v.items() if isinstance(v, dict) else [(None, v)]
+        for key, value in items:
+            where = "" if key is None else f" value for key '{key}'"
+            if value is None and key is None:
+                continue
+            if not _is_number(value):
+                raise ValueError(f"`layoutThreshold`{where} must be a number; got: {type(value).__name__}")
+            if not 0 <= value <= 1:
+                raise ValueError(f"`layoutThreshold`{where} must be between 0 and 1 inclusive; got: {value}")
+        return v
+
+    @model_validator(mode="after")
+    def _pixel_range(self) -> "InferRequest":
+        if self.minPixels is not None and self.maxPixels is not None and self.minPixels > self.maxPixels:
+            raise ValueError(
+                f"`minPixels` ({self.minPixels}) cannot be greater than `maxPixels` ({self.maxPixels})"
+            )
+        return self
+
+
+class ExportContent(BaseModel):
+    """One exported document: base64 content or a URL, and its file name."""
+
+    content: str
+    fileName: str
+
+
+class DocumentExports(BaseModel):
+    """Extra formats requested through ``outputFormats``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    docx: Optional[ExportContent] = None
+
+
+class MarkdownData(BaseModel):
+    """A page's markdown and the pictures it references (path -> base64 JPEG)."""
+
+    text: str
+    images: Optional[Dict[str, str]] = None
+
+
+class LayoutParsingResult(BaseModel):
+    """One page of the answer."""
+
+    prunedResult: dict
+    markdown: MarkdownData
+    outputImages: Optional[Dict[str, str]] = None
+    inputImage: Optional[str] = None
+    exports: Optional[DocumentExports] = None
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    type: Literal["image"] = "image"
+
+
+class PDFPageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class PDFInfo(BaseModel):
+    numPages: int
+    pages: List[PDFPageInfo]
+    type: Literal["pdf"] = "pdf"
+
+
+class TIFFInfo(BaseModel):
+    numPages: int
+    pages: List[PDFPageInfo]
+    type: Literal["tiff"] = "tiff"
+
+
+DataInfo = Union[ImageInfo, PDFInfo, TIFFInfo]
+
+
+class InferResult(BaseModel):
+    """``result`` of ``/layout-parsing``."""
+
+    layoutParsingResults: List[LayoutParsingResult]
+    dataInfo: DataInfo
+
+
+class Page(BaseModel):
+    """One page handed back to ``/restructure-pages``."""
+
+    prunedResult: dict
+    markdownImages: Optional[Dict[str, str]] = None
+
+
+class RestructurePagesRequest(_OutputFormats):
+    """Body of ``POST /restructure-pages``."""
+
+    pages: List[Page]
+    mergeTables: bool = True
+    relevelTitles: bool = True
+    concatenatePages: bool = False
+    prettifyMarkdown: bool = True
+    showFormulaNumber: bool = False
+    returnMarkdownImages: bool = True
+    logId: Optional[str] = None
+
+
+class RestructurePagesResult(BaseModel):
+    """``result`` of ``/restructure-pages``."""
+
+    layoutParsingResults: List[LayoutParsingResult]
+
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+class ResultResponse(BaseModel, Generic[ResultT]):
+    """Success envelope: ``{logId, result, errorCode: 0, errorMsg: "Success"}``."""
+
+    logId: str
+    result: ResultT
+    errorCode: Literal[0] = 0
+    errorMsg: Literal["Success"] = "Success"
+
+
+class ErrorResponse(BaseModel):
+    """Error (and health) envelope: ``{logId, errorCode, errorMsg}``; errorCode is the HTTP status."""
+
+    logId: str
+    errorCode: int
+    errorMsg: str
+
+
+def dump_response(model: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict of a response, null model fields left out as PaddleX's server does."""
+    return model.model_dump(mode="json", exclude_none=True)
+
