@@ -18,7 +18,7 @@ _OPTION_SOURCES = ("engine/arg_utils.py", "config/*.py", "entrypoints/**/cli_arg
 _FIELD = re.compile(r"^\s+([a-z_][a-z0-9_]*)\s*:\s*[A-Za-z\"']", re.MULTILINE)
 # Out-of-tree model classes other packages ship for vLLM older than NATIVE_SINCE.
 OUT_OF_TREE_MODELS = (
-    "paddlex.inference.genai.backends.vllm.models.paddleocr_vl:PaddleOCRVLForConditionalGeneration",
+    "paddlex.inference.genai.models.paddleocr_vl_09b._vllm:PaddleOCRVLForConditionalGeneration",
 )
 
 

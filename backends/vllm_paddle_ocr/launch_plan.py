@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .engine import EngineInfo
 from .model_repo import ModelRepo
-from .serve_args import ServeRequest
+from .serve_args import ServeRequest, split_flags
 from .vram import VramPlan
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -149,11 +149,9 @@ def build_launch_plan(
     add("--trust-request-mm-kwargs")
     if "max-model-len" not in given:
         added.extend(["--max-model-len", str(served_context_length(model.vlm_dir))])
-    if vram is not None and vram.available:
-        if vram.gpu_memory_utilization is not None and "gpu-memory-utilization" not in given:
-            added.extend(["--gpu-memory-utilization", f"{vram.gpu_memory_utilization:.2f}"])
-        if vram.kv_cache_memory_bytes is not None and "kv-cache-memory-bytes" not in given:
-            add("--kv-cache-memory-bytes", str(vram.kv_cache_memory_bytes))
+    if vram is not None:
+        for flag in split_flags(vram.vllm_args())[1]:
+            add(flag.name, *flag.values)
 
     names = list(request.served_model_names) or [model.canonical_name]
     if model.canonical_name not in names:
@@ -194,7 +192,7 @@ def build_launch_plan(
             "no layout model found: /layout-parsing works only with useLayoutDetection=false; "
             "add PP-DocLayoutV2/ to the repo or pass --layout-model-dir"
         )
-    uuids = [gpu.uuid for gpu in vram.gpus] if vram is not None and vram.available else []
+    uuids = [gpu.uuid for gpu in vram.gpus if gpu.uuid] if vram is not None and vram.available else []
     return LaunchPlan(
         runtime=request.runtime,
         model=model,
