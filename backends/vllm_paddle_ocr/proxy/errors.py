@@ -63,11 +63,11 @@ def dotted_location(loc: Iterable[str | int]) -> str:
     return path
 
 
-def validation_message(errors: Iterable[Mapping[str, Any]]) -> str:
-    """Pydantic errors as the JSON list PaddleX puts in errorMsg (type, dotted loc, msg)."""
+def validation_message(errors: Iterable[Mapping[str, Any]], prefix: tuple[str | int, ...] = ("body",)) -> str:
+    """Pydantic errors as the JSON list PaddleX puts in errorMsg: type, dotted loc under `body`, msg."""
     return json.dumps(
         [
-            {"type": error["type"], "loc": dotted_location(error["loc"]), "msg": error["msg"]}
+            {"type": error["type"], "loc": dotted_location((*prefix, *error["loc"])), "msg": error["msg"]}
             for error in errors
         ]
     )
@@ -80,7 +80,7 @@ def error_body(status_code: int, message: str, log_id: str | None = None) -> dic
 
 def error_response(status_code: int, message: str, log_id: str | None = None) -> Response:
     """An error answer in PaddleX's shape, with the HTTP status equal to errorCode."""
-    payload = json.dumps(error_body(status_code, message, log_id), ensure_ascii=False)
+    payload = json.dumps(error_body(status_code, message, log_id), ensure_ascii=False, separators=(",", ":"))
     return Response(payload, status_code=status_code, media_type="application/json")
 
 

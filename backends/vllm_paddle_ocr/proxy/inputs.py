@@ -206,7 +206,9 @@ class TiffDocument:
     def page(self, index: int) -> Image.Image:
         with self._lock:
             self._image.seek(index)
-            return _to_rgb(self._image)
+            frame = _to_rgb(self._image)
+            # The file object is reused by the next seek: hand out a copy that stays this frame.
+            return frame.copy() if frame is self._image else frame
 
     def close(self) -> None:
         self._image.close()

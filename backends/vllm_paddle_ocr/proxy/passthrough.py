@@ -132,7 +132,8 @@ class Passthrough:
         except asyncio.CancelledError:
             if not flags["gone"]:
                 raise
-            task.uncancel()
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation was ours, handled here
+                task.uncancel()
             log.debug("client disconnected; upstream request %s %s cancelled", scope["method"], scope["path"])
         finally:
             flags["done"] = True

@@ -101,9 +101,8 @@ class UrlFetcher:
     async def fetch(self, url: str) -> FetchedFile:
         """The URL's content; InputError for refused or failed fetches, LimitExceeded when too big."""
         try:
-            async with asyncio.timeout(self.policy.timeout_s):
-                return await self._fetch(url)
-        except TimeoutError:
+            return await asyncio.wait_for(self._fetch(url), self.policy.timeout_s)
+        except asyncio.TimeoutError:
             raise InputError(
                 f"Fetching the input URL took longer than {self.policy.timeout_s:g} s; "
                 "send the file as base64 content instead"
