@@ -1,0 +1,280 @@
+"""Page markdown and prunedResult: exact strings, and parity with paddlex's result class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import ParsedBlock, picture_path
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.markdown import (
+    DEFAULT_MARKDOWN_IGNORE_LABELS,
+    MarkdownStyle,
+    chart_table_html,
+    formula_with_number,
+    page_markdown,
+    pruned_result,
+    title_markdown,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import page_options
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.prompts import Recognition
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
+
+WIDTH = 400
+
+
+def pb(label: str, content: str = "", bbox: tuple[int, int, int, int] = (0, 0, 100, 50), **kw: Any) -> ParsedBlock:
+    return ParsedBlock(label, bbox, content, **kw)
+
+
+# ---------------------------------------------------------------- titles
+
+
+@pytest.mark.parametrize(
+    ("title", "heading"),
+    [
+        ("Introduction", "## Introduction"),
+        ("1 Introduction", "## 1 Introduction"),
+        ("1.2 Related work", "### 1.2 Related work"),
+        ("1.2.3Details", "#### 1.2.3 Details"),
+        ("2. Method", "### 2. Method"),
+        ("Summary.", "## Summary"),
+        ("（一）总则", "## （一） 总则"),
+        ("IV. Results", "### IV. Results"),
+        ("Soft-\nwrapped title", "## Softwrapped title"),
+    ],
+)
+def test_title_levels(title: str, heading: str) -> None:
+    assert title_markdown(title) == heading
+
+
+@pytest.fixture(scope="module")
+def px_format():
+    return pytest.importorskip("paddlex.inference.common.result.converter.markdown_format_funcs")
+
+
+TITLE_TEXT = st.text(alphabet="1234567890.、 ()（）一二十IVXab-\n", max_size=14)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TITLE_TEXT)
+def test_title_levels_match_paddlex(px_format, title: str) -> None:
+    class Title:
+        content = title
+
+    assert title_markdown(title) == px_format.format_title(Title)
+
+
+# ---------------------------------------------------------------- page markdown
+
+
+def test_page_markdown_prettified() -> None:
+    blocks = [
+        pb("doc_title", "Report"),
+        pb("header", "running head"),
+        pb("paragraph_title", "1.1 Scope"),
+        pb("text", "line one\nline two"),
+        pb("table", "<table><tr><td>a</td></tr></table>"),
+        pb("image", bbox=(0, 0, 200, 100), picture="imgs/img_in_image_box_0_0_200_100.jpg"),
+        pb("figure_title", "Figure 1: a\ncat"),
+        pb("display_formula", "$$E=mc^2$$"),
+        pb("formula_number", "(1)"),
+    ]
+    text, paths = page_markdown(blocks, page_width=WIDTH)
+    assert text == (
+        "# Report\n\n### 1.1 Scope\n\nline one\n\nline two\n\n"
+        "\n<table border=1 style='margin: auto; word-wrap: break-word;'><tr>"
+        "<td style='text-align: center; word-wrap: break-word;'>a</td></tr></table>\n\n"
+        '<div style="text-align: center;"><img src="imgs/img_in_image_box_0_0_200_100.jpg" alt="Image" width="50%" /></div>\n'
+        '\n\n<div style="text-align: center;">Figure 1: a cat</div>\n\n\n$$E=mc^2$$'
+    )
+    assert paths == ["imgs/img_in_image_box_0_0_200_100.jpg"]
+
+
+def test_page_markdown_plain() -> None:
+    blocks = [
+        pb("table", "<html><body><table><tr><td>a</td></tr></table></body></html>"),
+        pb("image", picture="imgs/x.jpg"),
+        pb("figure_title", "Figure 1"),
+    ]
+    text, _ = page_markdown(blocks, page_width=WIDTH, style=MarkdownStyle(prettify=False))
+    assert text == "\n\n<table><tr><td>a</td></tr></table>\n\n![](imgs/x.jpg)\n\nFigure 1"
+
+
+def test_formula_numbers_only_with_show_formula_number() -> None:
+    blocks = [pb("display_formula", " $$ x+1 $$ "), pb("formula_number", "(2)")]
+    assert page_markdown(blocks, page_width=WIDTH)[0] == " $$ x+1 $$ "
+    shown = page_markdown(blocks, page_width=WIDTH, show_formula_number=True)[0]
+    assert shown == formula_with_number(" $$ x+1 $$ ", "(2)") == "$$  x+1   \\tag*{(2)}$$"
+
+
+def test_ignore_labels_override_defaults_but_pictures_are_still_listed() -> None:
+    blocks = [pb("header", "head"), pb("header_image", picture="imgs/h.jpg"), pb("text", "body")]
+    assert page_markdown(blocks, page_width=WIDTH)[0] == "body"
+    text, paths = page_markdown(blocks, page_width=WIDTH, ignore_labels=["text"], figure_paths=["imgs/f.jpg", "imgs/h.jpg"])
+    assert text.startswith("head\n\n<div") and "body" not in text
+    assert paths == ["imgs/h.jpg", "imgs/f.jpg"]
+
+
+def test_chart_recognition_renders_a_table_and_seals_show_their_text() -> None:
+    content = "year | sales\n2023 | 5"
+    assert chart_table_html(content).startswith("<table border=1 style='margin: auto; width: max-content;'>\n  <thead>")
+    style = MarkdownStyle(recognition=Recognition(chart=True, seal=True))
+    text, _ = page_markdown([pb("chart", content), pb("seal", "ACME\nLtd", picture="imgs/s.jpg")], page_width=WIDTH, style=style)
+    assert "<th style='text-align: center;'>year</th>" in text
+    assert 'width="25%" />\n\nACME\nLtd\n\n</div>' in text
+
+
+# ---------------------------------------------------------------- prunedResult
+
+
+def test_pruned_result_shape() -> None:
+    settings_ = page_options(InferRequest(file="x")).model_settings()
+    boxes = [{"cls_id": 22, "label": "text", "score": 0.9, "coordinate": [0, 0, 10, 10], "order": 1}]
+    blocks = [pb("doc_title", "T", group_id=0), pb("image", picture="imgs/i.jpg"), pb("text", "b", group_id=5)]
+    res = pruned_result(blocks, width=WIDTH, height=600, model_settings=settings_, layout_boxes=boxes)
+    assert list(res) == ["page_count", "width", "height", "model_settings", "parsing_res_list", "layout_det_res"]
+    assert res["page_count"] is None and res["layout_det_res"] == {"boxes": boxes}
+    assert res["parsing_res_list"][1] == {
+        "block_label": "image",
+        "block_content": "",
+        "block_bbox": [0, 0, 100, 50],
+        "block_id": 1,
+        "block_order": None,
+        "group_id": 1,
+    }
+    assert [r["block_order"] for r in res["parsing_res_list"]] == [1, None, 2]
+    assert [r["group_id"] for r in res["parsing_res_list"]] == [0, 1, 5]
+
+
+def test_pruned_result_without_layout_and_with_spotting() -> None:
+    settings_ = page_options(InferRequest(file="x", useLayoutDetection=False, promptLabel="spotting")).model_settings()
+    spotting = {"rec_polys": [], "rec_texts": []}
+    res = pruned_result([pb("spotting", "a")], width=5, height=5, model_settings=settings_, spotting={"rec_texts": ["a"]})
+    assert "layout_det_res" not in res and res["spotting_res"] == {"rec_texts": ["a"]}
+    # present whenever a spotting block was read, even with nothing found
+    assert pruned_result([], width=5, height=5, model_settings=settings_, spotting=spotting)["spotting_res"] == spotting
+    assert "spotting_res" not in pruned_result([], width=5, height=5, model_settings=settings_, spotting={})
+
+
+def test_block_polygons_and_global_ids() -> None:
+    block = pb("text", "x", polygon=((0.0, 0.0), (5.0, 0.0), (5.0, 5.0)))
+    res = pruned_result([block], width=5, height=5, model_settings={"use_layout_detection": False}, global_ids=[(7, 3)])
+    item = res["parsing_res_list"][0]
+    assert item["block_polygon_points"] == [[0.0, 0.0], [5.0, 0.0], [5.0, 5.0]]
+    assert (item["global_block_id"], item["global_group_id"]) == (7, 3)
+
+
+# ---------------------------------------------------------------- parity with paddlex's result class
+
+LABELS = (
+    "doc_title", "paragraph_title", "text", "ocr", "vertical_text", "abstract", "content", "reference_content",
+    "algorithm", "table", "image", "chart", "seal", "header", "footer", "header_image", "footer_image",
+    "number", "footnote", "aside_text", "figure_title", "vision_footnote", "display_formula", "inline_formula",
+    "formula_number", "spotting", "reference", "unknown_label",
+)  # fmt: skip
+CONTENT = st.text(alphabet="ab 1.2-\n$<>|Abstract", max_size=20)
+
+
+@st.composite
+def pages(draw: st.DrawFn) -> dict[str, Any]:
+    blocks = []
+    for _ in range(draw(st.integers(0, 8))):
+        label = draw(st.sampled_from(LABELS))
+        x1, y1 = draw(st.integers(0, 300)), draw(st.integers(0, 500))
+        bbox = (x1, y1, x1 + draw(st.integers(1, 100)), y1 + draw(st.integers(1, 100)))
+        if label == "table":
+            content = draw(st.sampled_from(["<table><tr><td>1</td><th>h</th></tr></table>", "raw"]))
+        else:
+            content = draw(CONTENT)
+        picture = picture_path(label, bbox) if label in ("image", "seal", "chart", "header_image", "footer_image") else None
+        group = draw(st.one_of(st.none(), st.integers(0, 9)))
+        blocks.append(ParsedBlock(label, bbox, content, group, picture))
+    return {
+        "blocks": blocks,
+        "style": MarkdownStyle(draw(st.booleans()), Recognition(*draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))), draw(st.booleans())),
+        "ignore": draw(st.sampled_from([DEFAULT_MARKDOWN_IGNORE_LABELS, (), ("text", "table")])),
+        "show_number": draw(st.booleans()),
+        "format_content": draw(st.booleans()),
+    }
+
+
+@pytest.fixture(scope="module")
+def px_result():
+    return pytest.importorskip("paddlex.inference.pipelines.paddleocr_vl.result")
+
+
+def _paddlex_page(px_result, page: dict[str, Any], settings_: dict[str, Any], figures: list[str]):
+    objs = []
+    for b in page["blocks"]:
+        obj = px_result.PaddleOCRVLBlock(b.label, list(b.bbox), b.content, group_id=b.group_id)
+        if b.picture is not None:
+            obj.image = {"path": b.picture, "img": None}
+        objs.append(obj)
+    return px_result.PaddleOCRVLResult(
+        {
+            "input_path": None,
+            "page_index": None,
+            "page_count": None,
+            "width": WIDTH,
+            "height": 600,
+            "model_settings": settings_,
+            "parsing_res_list": objs,
+            "layout_det_res": {"input_path": None, "page_index": None, "boxes": []},
+            "imgs_in_doc": [{"path": p, "img": None} for p in figures],
+            "spotting_res": {},
+            "doc_preprocessor_res": None,
+            "table_res_list": [],
+        }
+    )
+
+
+def _prune(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _prune(v) for k, v in obj.items() if k not in ("input_path", "page_index")}
+    if isinstance(obj, list):
+        return [_prune(v) for v in obj]
+    return obj
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pages())
+def test_markdown_and_pruned_result_match_paddlex(px_result, page: dict[str, Any]) -> None:
+    style: MarkdownStyle = page["style"]
+    settings_ = {
+        "use_doc_preprocessor": False,
+        "use_layout_detection": style.use_layout_detection,
+        "use_chart_recognition": style.recognition.chart,
+        "use_seal_recognition": style.recognition.seal,
+        "use_ocr_for_image_block": style.recognition.ocr_for_image_blocks,
+        "format_block_content": page["format_content"],
+        "merge_layout_blocks": True,
+        "markdown_ignore_labels": list(page["ignore"]),
+        "return_layout_polygon_points": True,
+    }
+    figures = ["imgs/img_in_image_box_1_1_9_9.jpg"]
+    theirs = _paddlex_page(px_result, page, settings_, figures)
+    expected_md = theirs._to_markdown(pretty=style.prettify, show_formula_number=page["show_number"])
+
+    text, paths = page_markdown(
+        page["blocks"],
+        page_width=WIDTH,
+        style=style,
+        ignore_labels=page["ignore"],
+        show_formula_number=page["show_number"],
+        figure_paths=figures,
+    )
+    assert text == expected_md["markdown_texts"]
+    assert paths == list(expected_md["markdown_images"])
+
+    ours = pruned_result(
+        page["blocks"],
+        width=WIDTH,
+        height=600,
+        model_settings=settings_,
+        layout_boxes=[],
+        recognition=style.recognition,
+    )
+    assert ours == _prune(theirs.json["res"])
