@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import (
     Block,
     Figure,
@@ -44,7 +43,9 @@ def b(label: str, x1: int, y1: int, x2: int, y2: int) -> Block:
 
 
 @st.composite
-def boxes(draw: st.DrawFn, labels: tuple[str, ...] = ("text", "table", "image", "inline_formula", "reference", "chart")) -> Block:
+def boxes(
+    draw: st.DrawFn, labels: tuple[str, ...] = ("text", "table", "image", "inline_formula", "reference", "chart")
+) -> Block:
     x1, y1 = draw(st.integers(0, 380)), draw(st.integers(0, 580))
     x2, y2 = draw(st.integers(x1 + 1, 400)), draw(st.integers(y1 + 1, 600))
     return Block(draw(st.sampled_from(labels)), (x1, y1, x2, y2), score=0.9)
@@ -128,7 +129,9 @@ def _paddlex_box(x: Block) -> dict:
 @given(st.lists(boxes(), max_size=8))
 def test_filtering_matches_paddlex(px, blocks: list[Block]) -> None:
     theirs = px.filter_overlap_boxes({"boxes": [_paddlex_box(x) for x in blocks]}, "rect")["boxes"]
-    assert [(x.label, x.bbox) for x in filter_overlaps(blocks)] == [(t["label"], tuple(t["coordinate"])) for t in theirs]
+    assert [(x.label, x.bbox) for x in filter_overlaps(blocks)] == [
+        (t["label"], tuple(t["coordinate"])) for t in theirs
+    ]
 
 
 # ---------------------------------------------------------------- merging
@@ -205,7 +208,11 @@ def text_columns(draw: st.DrawFn) -> list[Block]:
 def test_merging_matches_paddlex(px, page_array: np.ndarray, blocks: list[Block]) -> None:
     blocks = filter_overlaps(blocks)
     theirs = px.merge_blocks(
-        [{"img": page_array[y1:y2, x1:x2].copy(), "box": [x1, y1, x2, y2], "label": x.label} for x in blocks for x1, y1, x2, y2 in [x.bbox]],
+        [
+            {"img": page_array[y1:y2, x1:x2].copy(), "box": [x1, y1, x2, y2], "label": x.label}
+            for x in blocks
+            for x1, y1, x2, y2 in [x.bbox]
+        ],
         non_merge_labels=sorted(NON_MERGE),
     )
     ours = merge_text_blocks(blocks, NON_MERGE, PAGE)
@@ -253,7 +260,10 @@ def test_markers_match_paddlex(px) -> None:
 
 
 def test_restore_puts_picture_tags_back() -> None:
-    markers = [TableMarker("[F23]", (0, 0, 30, 30), "imgs/a.jpg"), TableMarker("[F34]", (0, 0, 30, 30), "imgs/gone.jpg")]
+    markers = [
+        TableMarker("[F23]", (0, 0, 30, 30), "imgs/a.jpg"),
+        TableMarker("[F34]", (0, 0, 30, 30), "imgs/gone.jpg"),
+    ]
     html = "<td>[F23]</td><td>[F34]</td><td>[F5]</td>"
     out = restore_table_figures(html, markers, {"imgs/a.jpg": "", "imgs/b.jpg": "x"})
     assert out == f"<td>{picture_tag('imgs/a.jpg')}</td><td>[F34]</td><td>[F5]</td>"

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import ParsedBlock, picture_path
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.markdown import (
     DEFAULT_MARKDOWN_IGNORE_LABELS,
@@ -113,7 +112,9 @@ def test_formula_numbers_only_with_show_formula_number() -> None:
 def test_ignore_labels_override_defaults_but_pictures_are_still_listed() -> None:
     blocks = [pb("header", "head"), pb("header_image", picture="imgs/h.jpg"), pb("text", "body")]
     assert page_markdown(blocks, page_width=WIDTH)[0] == "body"
-    text, paths = page_markdown(blocks, page_width=WIDTH, ignore_labels=["text"], figure_paths=["imgs/f.jpg", "imgs/h.jpg"])
+    text, paths = page_markdown(
+        blocks, page_width=WIDTH, ignore_labels=["text"], figure_paths=["imgs/f.jpg", "imgs/h.jpg"]
+    )
     assert text.startswith("head\n\n<div") and "body" not in text
     assert paths == ["imgs/h.jpg", "imgs/f.jpg"]
 
@@ -122,7 +123,9 @@ def test_chart_recognition_renders_a_table_and_seals_show_their_text() -> None:
     content = "year | sales\n2023 | 5"
     assert chart_table_html(content).startswith("<table border=1 style='margin: auto; width: max-content;'>\n  <thead>")
     style = MarkdownStyle(recognition=Recognition(chart=True, seal=True))
-    text, _ = page_markdown([pb("chart", content), pb("seal", "ACME\nLtd", picture="imgs/s.jpg")], page_width=WIDTH, style=style)
+    text, _ = page_markdown(
+        [pb("chart", content), pb("seal", "ACME\nLtd", picture="imgs/s.jpg")], page_width=WIDTH, style=style
+    )
     assert "<th style='text-align: center;'>year</th>" in text
     assert 'width="25%" />\n\nACME\nLtd\n\n</div>' in text
 
@@ -152,7 +155,9 @@ def test_pruned_result_shape() -> None:
 def test_pruned_result_without_layout_and_with_spotting() -> None:
     settings_ = page_options(InferRequest(file="x", useLayoutDetection=False, promptLabel="spotting")).model_settings()
     spotting = {"rec_polys": [], "rec_texts": []}
-    res = pruned_result([pb("spotting", "a")], width=5, height=5, model_settings=settings_, spotting={"rec_texts": ["a"]})
+    res = pruned_result(
+        [pb("spotting", "a")], width=5, height=5, model_settings=settings_, spotting={"rec_texts": ["a"]}
+    )
     assert "layout_det_res" not in res and res["spotting_res"] == {"rec_texts": ["a"]}
     # present whenever a spotting block was read, even with nothing found
     assert pruned_result([], width=5, height=5, model_settings=settings_, spotting=spotting)["spotting_res"] == spotting
@@ -189,12 +194,18 @@ def pages(draw: st.DrawFn) -> dict[str, Any]:
             content = draw(st.sampled_from(["<table><tr><td>1</td><th>h</th></tr></table>", "raw"]))
         else:
             content = draw(CONTENT)
-        picture = picture_path(label, bbox) if label in ("image", "seal", "chart", "header_image", "footer_image") else None
+        picture = (
+            picture_path(label, bbox) if label in ("image", "seal", "chart", "header_image", "footer_image") else None
+        )
         group = draw(st.one_of(st.none(), st.integers(0, 9)))
         blocks.append(ParsedBlock(label, bbox, content, group, picture))
     return {
         "blocks": blocks,
-        "style": MarkdownStyle(draw(st.booleans()), Recognition(*draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))), draw(st.booleans())),
+        "style": MarkdownStyle(
+            draw(st.booleans()),
+            Recognition(*draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))),
+            draw(st.booleans()),
+        ),
         "ignore": draw(st.sampled_from([DEFAULT_MARKDOWN_IGNORE_LABELS, (), ("text", "table")])),
         "show_number": draw(st.booleans()),
         "format_content": draw(st.booleans()),

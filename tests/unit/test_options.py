@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import (
     PP_DOCLAYOUT_V2_LABELS,
     V2_DEFAULT_MERGE_BBOXES_MODE,
@@ -99,7 +98,9 @@ def test_v2_defaults_match_paddlex_config() -> None:
 
 
 def test_default_chat_body() -> None:
-    body = vlm_options(req()).chat_body(model="PaddleOCR-VL-0.9B", image_url="data:image/jpeg;base64,AA", prompt="OCR:", kind="ocr")
+    body = vlm_options(req()).chat_body(
+        model="PaddleOCR-VL-0.9B", image_url="data:image/jpeg;base64,AA", prompt="OCR:", kind="ocr"
+    )
     assert body == {
         "model": "PaddleOCR-VL-0.9B",
         "messages": [
@@ -119,7 +120,9 @@ def test_default_chat_body() -> None:
 
 
 def test_sampling_fields_only_when_set() -> None:
-    fields = vlm_options(req(temperature=0.7, topP=0.9, repetitionPenalty=1.05, maxNewTokens=100)).request_fields("table")
+    fields = vlm_options(req(temperature=0.7, topP=0.9, repetitionPenalty=1.05, maxNewTokens=100)).request_fields(
+        "table"
+    )
     assert fields["temperature"] == 0.7 and fields["top_p"] == 0.9
     assert fields["repetition_penalty"] == 1.05 and fields["max_completion_tokens"] == 100
 
@@ -133,14 +136,18 @@ def test_spotting_has_its_own_pixel_range_and_keeps_special_tokens() -> None:
 
 
 def test_request_pixels_then_extra_args_per_kind() -> None:
-    opts = vlm_options(req(minPixels=1000, maxPixels=5000, vlmExtraArgs={"table_max_pixels": 9000, "formula_min_pixels": 2000}))
+    opts = vlm_options(
+        req(minPixels=1000, maxPixels=5000, vlmExtraArgs={"table_max_pixels": 9000, "formula_min_pixels": 2000})
+    )
     assert opts.pixel_limits("ocr") == (1000, 5000)
     assert opts.pixel_limits("table") == (1000, 9000)
     assert opts.pixel_limits("formula") == (2000, 5000)
 
 
 def test_extra_args_override_request_fields() -> None:
-    opts = vlm_options(req(temperature=0.2, vlmExtraArgs={"temperature": 0.5, "max_new_tokens": 64, "min_pixels": 3000}))
+    opts = vlm_options(
+        req(temperature=0.2, vlmExtraArgs={"temperature": 0.5, "max_new_tokens": 64, "min_pixels": 3000})
+    )
     assert opts.temperature == 0.5 and opts.max_completion_tokens == 64
     assert opts.pixel_limits("chart") == (3000, 1003520)
 
@@ -184,7 +191,15 @@ def test_page_defaults_and_model_settings() -> None:
         "use_ocr_for_image_block": False,
         "format_block_content": False,
         "merge_layout_blocks": True,
-        "markdown_ignore_labels": ["number", "footnote", "header", "header_image", "footer", "footer_image", "aside_text"],
+        "markdown_ignore_labels": [
+            "number",
+            "footnote",
+            "header",
+            "header_image",
+            "footer",
+            "footer_image",
+            "aside_text",
+        ],
         "return_layout_polygon_points": True,
     }
 

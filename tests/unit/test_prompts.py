@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.prompts import (
     PromptLabelError,
     Recognition,

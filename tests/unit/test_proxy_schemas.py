@@ -9,7 +9,6 @@ import types
 
 import pytest
 from pydantic import BaseModel, ValidationError
-
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy import schemas
 
 
@@ -179,7 +178,8 @@ def test_our_response_validates_against_paddlex(paddlex_schemas: types.ModuleTyp
         outputImages={"layout_det_res": "AAAA"},
     )
     result = schemas.InferResult(
-        layoutParsingResults=[page], dataInfo=schemas.PDFInfo(numPages=1, pages=[schemas.PDFPageInfo(width=1, height=1)])
+        layoutParsingResults=[page],
+        dataInfo=schemas.PDFInfo(numPages=1, pages=[schemas.PDFPageInfo(width=1, height=1)]),
     )
     body = schemas.dump_response(schemas.ResultResponse[schemas.InferResult](logId="x", result=result))
     checked = paddlex_schemas.infra_models.AIStudioResultResponse[paddlex_schemas.InferResult].model_validate(body)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -43,10 +44,10 @@ class Block:
     label: str
     bbox: BBox
     score: float = 1.0
-    cls_id: Optional[int] = None
-    order: Optional[int] = None
-    polygon: Optional[tuple[Point, ...]] = None
-    group_id: Optional[int] = None
+    cls_id: int | None = None
+    order: int | None = None
+    polygon: tuple[Point, ...] | None = None
+    group_id: int | None = None
 
     @property
     def width(self) -> int:
@@ -95,7 +96,7 @@ def overlap_of_smaller(a: BBox, b: BBox) -> float:
     return intersection_area(a, b) / small if small > 0 else 0.0
 
 
-def clip_box(b: BBox, width: int, height: int) -> Optional[BBox]:
+def clip_box(b: BBox, width: int, height: int) -> BBox | None:
     """The box cut to the page; None when nothing of it is left."""
     x1, y1 = max(0, min(b[0], width)), max(0, min(b[1], height))
     x2, y2 = max(0, min(b[2], width)), max(0, min(b[3], height))
@@ -130,7 +131,7 @@ def shapely_polygon_overlap(p: Sequence[Point], q: Sequence[Point]) -> float:
 
 
 def filter_overlaps(
-    blocks: Sequence[Block], *, use_polygons: bool = False, polygon_overlap: Optional[PolygonOverlap] = None
+    blocks: Sequence[Block], *, use_polygons: bool = False, polygon_overlap: PolygonOverlap | None = None
 ) -> list[Block]:
     """Drop what PaddleX drops before recognition, keeping order.
 
@@ -220,15 +221,15 @@ def _x_overlap(a: BBox, b: BBox) -> float:
     return overlap / extent if extent > 0 else 0.0
 
 
-def _merge_kind(prev: Block, cur: Block, blocks: Sequence[Block], pi: int, ci: int, keep: frozenset[str]) -> Optional[Align]:
+def _merge_kind(
+    prev: Block, cur: Block, blocks: Sequence[Block], pi: int, ci: int, keep: frozenset[str]
+) -> Align | None:
     """How ``cur`` joins ``prev`` (its alignment), or None when they stay apart."""
     if not (cur.label == prev.label == "text"):
         return None
     p, c = prev.bbox, cur.bbox
     iou_h = _x_overlap(c, p)
-    side_by_side = (
-        iou_h == 0 and c[0] > p[2] and c[1] < p[3] and c[0] - p[2] < max(p[2] - p[0], c[2] - c[0]) * 0.3
-    )
+    side_by_side = iou_h == 0 and c[0] > p[2] and c[1] < p[3] and c[0] - p[2] < max(p[2] - p[0], c[2] - c[0]) * 0.3
     if side_by_side:
         return "center"
     if not (
@@ -252,7 +253,7 @@ class MergedBlock:
     """A block after merging: ``stack`` on the first block of a merged group, ``follower`` on the rest."""
 
     block: Block
-    stack: Optional[Stack] = None
+    stack: Stack | None = None
     follower: bool = False
 
 
@@ -294,9 +295,7 @@ def merge_text_blocks(
                 if len(members) > 1:
                     stack = stack_layout([blocks[m] for m in members], sizes, aligns)
                 for n, m in enumerate(members):
-                    out.append(
-                        MergedBlock(replace(blocks[m], group_id=members[0]), stack if n == 0 else None, n > 0)
-                    )
+                    out.append(MergedBlock(replace(blocks[m], group_id=members[0]), stack if n == 0 else None, n > 0))
             end = members[-1]
             out.extend(MergedBlock(blocks[m]) for m in range(k + 1, end) if m not in is_mergeable)
             k = end + 1
@@ -405,6 +404,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _text_box(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of text drawn at the origin."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return int(left), int(top), int(right - left), int(bottom - top)
+
+
 def paint_markers(image: Image.Image, markers: Sequence[TableMarker]) -> Image.Image:
     """A copy of a table crop with each marker's box painted white and its token written inside."""
     out = image.convert("RGB")
@@ -414,18 +419,16 @@ def paint_markers(image: Image.Image, markers: Sequence[TableMarker]) -> Image.I
         draw.rectangle((x1, y1, x2, y2), fill=(255, 255, 255))
         room = 0.9 * min(x2 - x1, y2 - y1)
         size, lo, hi = 4, 4, max(4, int(room))
-        while lo <= hi:
+        while lo <= hi:  # largest font whose text fits 90% of the box's short side
             mid = (lo + hi) // 2
-            l, t, r, b = draw.textbbox((0, 0), m.token, font=_font(mid))
-            if r - l < room and b - t < room:
+            _, _, w, h = _text_box(draw, m.token, _font(mid))
+            if w < room and h < room:
                 size, lo = mid, mid + 1
             else:
                 hi = mid - 1
         font = _font(size)
-        l, t, r, b = draw.textbbox((0, 0), m.token, font=font)
-        x = x1 + ((x2 - x1) - (r - l)) // 2 - l
-        y = y1 + ((y2 - y1) - (b - t)) // 2 - t
-        draw.text((x, y), m.token, fill=(0, 0, 0), font=font)
+        left, top, w, h = _text_box(draw, m.token, font)
+        draw.text((x1 + (x2 - x1 - w) // 2 - left, y1 + (y2 - y1 - h) // 2 - top), m.token, fill=(0, 0, 0), font=font)
     return out
 
 
@@ -438,7 +441,9 @@ def crop(page: Image.Image, block: Block, *, use_polygon: bool = False) -> Image
     region = page.crop((max(0, x1), max(0, y1), min(page.width, x2), min(page.height, y2))).convert("RGB")
     if use_polygon and block.polygon is not None:
         mask = Image.new("L", region.size, 0)
-        ImageDraw.Draw(mask).polygon([(int(px) - max(0, x1), int(py) - max(0, y1)) for px, py in block.polygon], fill=255)
+        ImageDraw.Draw(mask).polygon(
+            [(int(px) - max(0, x1), int(py) - max(0, y1)) for px, py in block.polygon], fill=255
+        )
         white = Image.new("RGB", region.size, (255, 255, 255))
         region = Image.composite(region, white, mask)
     return region
@@ -452,7 +457,7 @@ def stack_image(page: Image.Image, stack: Stack, *, use_polygon: bool = False) -
     return canvas
 
 
-def ink_bounds(gray: np.ndarray) -> Optional[BBox]:
+def ink_bounds(gray: np.ndarray) -> BBox | None:
     """Box around the dark pixels of a grayscale array (contrast-stretched, ink = <= 200 of 255)."""
     low, high = int(gray.min()), int(gray.max())
     if low == high:
@@ -484,7 +489,7 @@ class Task:
 
     kind: Kind
     prompt: str
-    stack: Optional[Stack] = None  # several regions stacked (merged text); else the block's own crop
+    stack: Stack | None = None  # several regions stacked (merged text); else the block's own crop
     markers: tuple[TableMarker, ...] = ()  # tables: pictures to paint out first
     trim_margin: bool = False  # formulas: cut the white margin off first
     upscale: bool = False  # spotting: small crops are doubled first
@@ -495,8 +500,8 @@ class PlannedBlock:
     """A block of the page with its recognition task (None: picture, or follower of a merged group)."""
 
     block: Block
-    task: Optional[Task]
-    picture: Optional[str]  # markdown path of the block's picture, for picture-like labels
+    task: Task | None
+    picture: str | None  # markdown path of the block's picture, for picture-like labels
     hidden: bool = False  # a picture inside a table: recognised if asked, but shown only in the table
 
 
@@ -519,7 +524,7 @@ def plan_page(
     *,
     merge_layout_blocks: bool = True,
     use_polygons: bool = False,
-    polygon_overlap: Optional[PolygonOverlap] = None,
+    polygon_overlap: PolygonOverlap | None = None,
     collect_figures: bool = True,
 ) -> PagePlan:
     """Filter, merge and plan one page's blocks (``detected`` in the detector's reading order).
@@ -558,10 +563,10 @@ class ParsedBlock:
     label: str
     bbox: BBox
     content: str = ""
-    group_id: Optional[int] = None
-    picture: Optional[str] = None
-    polygon: Optional[tuple[Point, ...]] = None
-    title_level: Optional[int] = None  # set when titles are re-levelled across pages
+    group_id: int | None = None
+    picture: str | None = None
+    polygon: tuple[Point, ...] | None = None
+    title_level: int | None = None  # set when titles are re-levelled across pages
 
 
 def finish_page(plan: PagePlan, contents: Mapping[int, str]) -> list[ParsedBlock]:
@@ -582,10 +587,10 @@ def finish_page(plan: PagePlan, contents: Mapping[int, str]) -> list[ParsedBlock
     return out
 
 
-def block_orders(labels: Sequence[str], markdown_ignore_labels: Sequence[str]) -> list[Optional[int]]:
+def block_orders(labels: Sequence[str], markdown_ignore_labels: Sequence[str]) -> list[int | None]:
     """``block_order`` of each block: 1, 2, ... skipping labels outside the reading flow (null)."""
     skip = set(SKIP_ORDER_LABELS) | set(markdown_ignore_labels)
-    out: list[Optional[int]] = []
+    out: list[int | None] = []
     n = 0
     for label in labels:
         if label in skip:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 from .blocks import ParsedBlock, block_orders
 from .prompts import Recognition
@@ -133,7 +134,9 @@ def formatters(style: MarkdownStyle, page_width: int, ignore_labels: Sequence[st
     title: Formatter = lambda b: title_markdown(b.content)
     out: dict[str, Formatter] = {
         "paragraph_title": lambda b: (
-            title_markdown(b.content) if b.title_level is None else one_line("#" * (b.title_level + 1) + " " + b.content)
+            title_markdown(b.content)
+            if b.title_level is None
+            else one_line("#" * (b.title_level + 1) + " " + b.content)
         ),
         "abstract_title": title,
         "reference_title": title,
@@ -218,8 +221,8 @@ def parsing_res_list(
     blocks: Sequence[ParsedBlock],
     *,
     ignore_labels: Sequence[str] = DEFAULT_MARKDOWN_IGNORE_LABELS,
-    format_content: Optional[Callable[[ParsedBlock], str]] = None,
-    global_ids: Optional[Sequence[tuple[int, int]]] = None,
+    format_content: Callable[[ParsedBlock], str] | None = None,
+    global_ids: Sequence[tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """``prunedResult.parsing_res_list``: one dict per block, ids and orders numbered here.
 
@@ -245,7 +248,9 @@ def parsing_res_list(
     return out
 
 
-def block_content_formatter(style: MarkdownStyle, page_width: int, ignore_labels: Sequence[str]) -> Callable[[ParsedBlock], str]:
+def block_content_formatter(
+    style: MarkdownStyle, page_width: int, ignore_labels: Sequence[str]
+) -> Callable[[ParsedBlock], str]:
     """formatBlockContent: each block's content as its prettified markdown (raw when it has none)."""
     fmt = formatters(MarkdownStyle(True, style.recognition, style.use_layout_detection), page_width, ignore_labels)
     return lambda b: fmt[b.label](b) if b.label in fmt else b.content
@@ -257,12 +262,12 @@ def pruned_result(
     width: int,
     height: int,
     model_settings: Mapping[str, Any],
-    layout_boxes: Optional[Sequence[Mapping[str, Any]]] = None,
-    page_count: Optional[int] = None,
-    spotting: Optional[Mapping[str, Any]] = None,
-    doc_preprocessor: Optional[Mapping[str, Any]] = None,
+    layout_boxes: Sequence[Mapping[str, Any]] | None = None,
+    page_count: int | None = None,
+    spotting: Mapping[str, Any] | None = None,
+    doc_preprocessor: Mapping[str, Any] | None = None,
     recognition: Recognition = Recognition(),
-    global_ids: Optional[Sequence[tuple[int, int]]] = None,
+    global_ids: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """``prunedResult`` of one page, keys in PaddleX's order.
 
@@ -281,7 +286,9 @@ def pruned_result(
         "width": width,
         "height": height,
         "model_settings": dict(model_settings),
-        "parsing_res_list": parsing_res_list(blocks, ignore_labels=ignore, format_content=formatter, global_ids=global_ids),
+        "parsing_res_list": parsing_res_list(
+            blocks, ignore_labels=ignore, format_content=formatter, global_ids=global_ids
+        ),
     }
     if spotting:
         result["spotting_res"] = dict(spotting)

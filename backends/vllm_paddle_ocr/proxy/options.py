@@ -8,8 +8,9 @@ schema cannot check (dict keys, ``vlmExtraArgs``, combinations) are checked here
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from .markdown import DEFAULT_MARKDOWN_IGNORE_LABELS
 from .prompts import Kind, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
@@ -72,10 +73,10 @@ class OptionsError(ValueError):
 class LayoutOptions:
     """Layout detection settings; None means the layout model's configured default."""
 
-    threshold: Union[float, dict[int, float], None] = None
-    nms: Optional[bool] = None
-    unclip_ratio: Union[tuple[float, float], dict[int, tuple[float, float]], None] = None
-    merge_bboxes_mode: Union[str, dict[int, str], None] = None
+    threshold: float | dict[int, float] | None = None
+    nms: bool | None = None
+    unclip_ratio: tuple[float, float] | dict[int, tuple[float, float]] | None = None
+    merge_bboxes_mode: str | dict[int, str] | None = None
     shape_mode: str = "auto"
 
     def predict_kwargs(self) -> dict[str, Any]:
@@ -124,15 +125,13 @@ def layout_options(request: InferRequest, labels: Sequence[str] = ()) -> LayoutO
     ``labels`` are the layout model's classes in id order (e.g. PP_DOCLAYOUT_V2_LABELS): keys may
     then name a label and ids are range-checked; with () any non-negative id is accepted.
     """
-    threshold: Union[float, dict[int, float], None] = None
+    threshold: float | dict[int, float] | None = None
     if isinstance(request.layoutThreshold, dict):
-        threshold = {
-            _class_id("layoutThreshold", k, labels): float(v) for k, v in request.layoutThreshold.items()
-        }
+        threshold = {_class_id("layoutThreshold", k, labels): float(v) for k, v in request.layoutThreshold.items()}
     elif request.layoutThreshold is not None:
         threshold = float(request.layoutThreshold)
 
-    unclip: Union[tuple[float, float], dict[int, tuple[float, float]], None] = None
+    unclip: tuple[float, float] | dict[int, tuple[float, float]] | None = None
     if isinstance(request.layoutUnclipRatio, dict):
         unclip = {
             _class_id("layoutUnclipRatio", k, labels): _ratio_pair("layoutUnclipRatio", v)
@@ -141,7 +140,7 @@ def layout_options(request: InferRequest, labels: Sequence[str] = ()) -> LayoutO
     elif request.layoutUnclipRatio is not None:
         unclip = _ratio_pair("layoutUnclipRatio", request.layoutUnclipRatio)
 
-    merge: Union[str, dict[int, str], None] = None
+    merge: str | dict[int, str] | None = None
     if isinstance(request.layoutMergeBboxesMode, dict):
         merge = {}
         for k, v in request.layoutMergeBboxesMode.items():
@@ -166,8 +165,8 @@ class VlmOptions:
 
     temperature: float = DEFAULT_TEMPERATURE
     max_completion_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    top_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
     pixels: Mapping[str, tuple[int, int]] = field(
         default_factory=lambda: {k: (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) for k in PIXEL_KINDS}
     )
@@ -203,7 +202,11 @@ class VlmOptions:
                 {"type": "text", "text": prompt},
             ],
         }
-        return {"model": model, "messages": [message], **self.request_fields(kind, skip_special_tokens=skip_special_tokens)}
+        return {
+            "model": model,
+            "messages": [message],
+            **self.request_fields(kind, skip_special_tokens=skip_special_tokens),
+        }
 
 
 def skip_special_tokens_for(kinds: Iterable[str]) -> bool:
@@ -217,7 +220,7 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _number(name: str, value: Any, *, low: float, low_ok: bool, high: Optional[float] = None) -> float:
+def _number(name: str, value: Any, *, low: float, low_ok: bool, high: float | None = None) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         ok = (value >= low if low_ok else value > low) and (high is None or value <= high)
@@ -271,7 +274,7 @@ class PageOptions:
     """What the pipeline does around recognition and how pages are written out."""
 
     use_layout_detection: bool = True
-    prompt_label: Optional[str] = None  # block label used when layout detection is off
+    prompt_label: str | None = None  # block label used when layout detection is off
     recognition: Recognition = Recognition()
     merge_layout_blocks: bool = True
     markdown_ignore_labels: tuple[str, ...] = DEFAULT_MARKDOWN_IGNORE_LABELS
@@ -305,7 +308,9 @@ def page_options(
 ) -> PageOptions:
     """Pipeline switches of a request, with PaddleX's defaults for those left out."""
     if request.outputFormats:
-        raise OptionsError("outputFormats", "`outputFormats` (document exports) is not supported by this server; leave it out")
+        raise OptionsError(
+            "outputFormats", "`outputFormats` (document exports) is not supported by this server; leave it out"
+        )
     wants_preprocessing = bool(request.useDocOrientationClassify or request.useDocUnwarping)
     if wants_preprocessing and not allow_doc_preprocessing:
         name = "useDocOrientationClassify" if request.useDocOrientationClassify else "useDocUnwarping"

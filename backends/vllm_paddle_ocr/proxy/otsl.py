@@ -94,11 +94,7 @@ def parse_table(otsl: str) -> Table | None:
                 claimed[r][c] = True
                 continue
             colspan = 1
-            while (
-                c + colspan < width
-                and grid[r][c + colspan][0] in _EXTENDS_RIGHT
-                and not claimed[r][c + colspan]
-            ):
+            while c + colspan < width and grid[r][c + colspan][0] in _EXTENDS_RIGHT and not claimed[r][c + colspan]:
                 colspan += 1
             rowspan = 1
             while (

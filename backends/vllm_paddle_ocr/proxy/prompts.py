@@ -95,9 +95,7 @@ def check_prompt_label(prompt_label: str | None, model_version: str = "1.5") -> 
     """
     label = (prompt_label or "ocr").lower()
     if label not in PROMPT_LABELS:
-        raise PromptLabelError(
-            f"`promptLabel` must be one of: {', '.join(PROMPT_LABELS)}; got: {prompt_label}"
-        )
+        raise PromptLabelError(f"`promptLabel` must be one of: {', '.join(PROMPT_LABELS)}; got: {prompt_label}")
     if label in V15_ONLY_KINDS and not has_v15_prompts(model_version):
         raise PromptLabelError(
             f"`promptLabel` {label!r} needs PaddleOCR-VL 1.5 or later; this server runs "

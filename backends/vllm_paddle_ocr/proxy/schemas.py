@@ -7,10 +7,9 @@ PaddleX does (values inside ``prunedResult``, a plain dict, keep their nulls).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from typing_extensions import Annotated
 
 from .prompts import PROMPT_LABELS
 
@@ -25,12 +24,10 @@ PositiveInt = Annotated[int, Field(gt=0)]
 FileType = Literal[0, 1]
 
 
-def _check_output_formats(formats: Optional[List[str]]) -> Optional[List[str]]:
+def _check_output_formats(formats: list[str] | None) -> list[str] | None:
     for fmt in formats or []:
         if fmt not in OUTPUT_FORMATS:
-            raise ValueError(
-                f"Unsupported `outputFormats` entry {fmt!r}. Supported values: {sorted(OUTPUT_FORMATS)}"
-            )
+            raise ValueError(f"Unsupported `outputFormats` entry {fmt!r}. Supported values: {sorted(OUTPUT_FORMATS)}")
     return formats
 
 
@@ -39,11 +36,11 @@ def _is_number(value: Any) -> bool:
 
 
 class _OutputFormats(BaseModel):
-    outputFormats: Optional[List[str]] = None
+    outputFormats: list[str] | None = None
 
     @field_validator("outputFormats")
     @classmethod
-    def _formats(cls, v: Optional[List[str]]) -> Optional[List[str]]:
+    def _formats(cls, v: list[str] | None) -> list[str] | None:
         return _check_output_formats(v)
 
 
@@ -51,69 +48,69 @@ class InferRequest(_OutputFormats):
     """Body of ``POST /layout-parsing``."""
 
     file: str
-    fileType: Optional[FileType] = None
-    useDocOrientationClassify: Optional[bool] = None
-    useDocUnwarping: Optional[bool] = None
-    useLayoutDetection: Optional[bool] = None
-    useChartRecognition: Optional[bool] = None
-    useSealRecognition: Optional[bool] = None
-    useOcrForImageBlock: Optional[bool] = None
-    layoutThreshold: Optional[Union[float, dict]] = None
-    layoutNms: Optional[bool] = None
-    layoutUnclipRatio: Optional[Union[float, Tuple[float, float], dict]] = None
-    layoutMergeBboxesMode: Optional[Union[str, dict]] = None
+    fileType: FileType | None = None
+    useDocOrientationClassify: bool | None = None
+    useDocUnwarping: bool | None = None
+    useLayoutDetection: bool | None = None
+    useChartRecognition: bool | None = None
+    useSealRecognition: bool | None = None
+    useOcrForImageBlock: bool | None = None
+    layoutThreshold: float | dict | None = None
+    layoutNms: bool | None = None
+    layoutUnclipRatio: float | tuple[float, float] | dict | None = None
+    layoutMergeBboxesMode: str | dict | None = None
     layoutShapeMode: Literal["rect", "quad", "poly", "auto"] = "auto"
-    promptLabel: Optional[str] = None
-    formatBlockContent: Optional[bool] = None
-    repetitionPenalty: Optional[float] = None
-    temperature: Optional[float] = None
-    topP: Optional[float] = None
-    minPixels: Optional[PositiveInt] = None
-    maxPixels: Optional[PositiveInt] = None
-    maxNewTokens: Optional[PositiveInt] = None
-    mergeLayoutBlocks: Optional[bool] = None
-    markdownIgnoreLabels: Optional[List[str]] = None
-    vlmExtraArgs: Optional[dict] = None
+    promptLabel: str | None = None
+    formatBlockContent: bool | None = None
+    repetitionPenalty: float | None = None
+    temperature: float | None = None
+    topP: float | None = None
+    minPixels: PositiveInt | None = None
+    maxPixels: PositiveInt | None = None
+    maxNewTokens: PositiveInt | None = None
+    mergeLayoutBlocks: bool | None = None
+    markdownIgnoreLabels: list[str] | None = None
+    vlmExtraArgs: dict | None = None
     prettifyMarkdown: bool = True
     showFormulaNumber: bool = False
     returnMarkdownImages: bool = True
     restructurePages: bool = False
     mergeTables: bool = True
     relevelTitles: bool = True
-    visualize: Optional[bool] = None
-    logId: Optional[str] = None
+    visualize: bool | None = None
+    logId: str | None = None
 
     @field_validator("topP")
     @classmethod
-    def _top_p(cls, v: Optional[float]) -> Optional[float]:
+    def _top_p(cls, v: float | None) -> float | None:
         if v is not None and not 0 < v <= 1:
             raise ValueError(f"`topP` must be > 0 and ≤ 1; got: {v}")
         return v
 
     @field_validator("temperature")
     @classmethod
-    def _temperature(cls, v: Optional[float]) -> Optional[float]:
+    def _temperature(cls, v: float | None) -> float | None:
         if v is not None and v < 0:
             raise ValueError(f"`temperature` must be ≥ 0; got: {v}")
         return v
 
     @field_validator("repetitionPenalty")
     @classmethod
-    def _repetition_penalty(cls, v: Optional[float]) -> Optional[float]:
+    def _repetition_penalty(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:
             raise ValueError(f"`repetitionPenalty` must be > 0; got: {v}")
         return v
 
     @field_validator("promptLabel")
     @classmethod
-    def _prompt_label(cls, v: Optional[str]) -> Optional[str]:
+    def _prompt_label(cls, v: str | None) -> str | None:
         if v is not None and v not in PROMPT_LABELS:
             raise ValueError(f"`promptLabel` must be one of: {', '.join(PROMPT_LABELS)}; got: {v}")
         return v
 
     @field_validator("layoutMergeBboxesMode")
     @classmethod
-    def _merge_mode(cls, v: Optional[Union[str, dict]]) -> Optional[Union[str, dict]]:
+    def _merge_mode(cls, v: str | dict | None) -> str | dict | None:
         allowed = ", ".join(MERGE_BBOXES_MODES)
         values = list(v.values()) if isinstance(v, dict) else [v]
         for value in values:
@@ -156,11 +153,9 @@ class InferRequest(_OutputFormats):
         return v
 
     @model_validator(mode="after")
-    def _pixel_range(self) -> "InferRequest":
+    def _pixel_range(self) -> InferRequest:
         if self.minPixels is not None and self.maxPixels is not None and self.minPixels > self.maxPixels:
-            raise ValueError(
-                f"`minPixels` ({self.minPixels}) cannot be greater than `maxPixels` ({self.maxPixels})"
-            )
+            raise ValueError(f"`minPixels` ({self.minPixels}) cannot be greater than `maxPixels` ({self.maxPixels})")
         return self
 
 
@@ -176,14 +171,14 @@ class DocumentExports(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    docx: Optional[ExportContent] = None
+    docx: ExportContent | None = None
 
 
 class MarkdownData(BaseModel):
     """A page's markdown and the pictures it references (path -> base64 JPEG)."""
 
     text: str
-    images: Optional[Dict[str, str]] = None
+    images: dict[str, str] | None = None
 
 
 class LayoutParsingResult(BaseModel):
@@ -191,9 +186,9 @@ class LayoutParsingResult(BaseModel):
 
     prunedResult: dict
     markdown: MarkdownData
-    outputImages: Optional[Dict[str, str]] = None
-    inputImage: Optional[str] = None
-    exports: Optional[DocumentExports] = None
+    outputImages: dict[str, str] | None = None
+    inputImage: str | None = None
+    exports: DocumentExports | None = None
 
 
 class ImageInfo(BaseModel):
@@ -209,13 +204,13 @@ class PDFPageInfo(BaseModel):
 
 class PDFInfo(BaseModel):
     numPages: int
-    pages: List[PDFPageInfo]
+    pages: list[PDFPageInfo]
     type: Literal["pdf"] = "pdf"
 
 
 class TIFFInfo(BaseModel):
     numPages: int
-    pages: List[PDFPageInfo]
+    pages: list[PDFPageInfo]
     type: Literal["tiff"] = "tiff"
 
 
@@ -225,7 +220,7 @@ DataInfo = Union[ImageInfo, PDFInfo, TIFFInfo]
 class InferResult(BaseModel):
     """``result`` of ``/layout-parsing``."""
 
-    layoutParsingResults: List[LayoutParsingResult]
+    layoutParsingResults: list[LayoutParsingResult]
     dataInfo: DataInfo
 
 
@@ -233,26 +228,26 @@ class Page(BaseModel):
     """One page handed back to ``/restructure-pages``."""
 
     prunedResult: dict
-    markdownImages: Optional[Dict[str, str]] = None
+    markdownImages: dict[str, str] | None = None
 
 
 class RestructurePagesRequest(_OutputFormats):
     """Body of ``POST /restructure-pages``."""
 
-    pages: List[Page]
+    pages: list[Page]
     mergeTables: bool = True
     relevelTitles: bool = True
     concatenatePages: bool = False
     prettifyMarkdown: bool = True
     showFormulaNumber: bool = False
     returnMarkdownImages: bool = True
-    logId: Optional[str] = None
+    logId: str | None = None
 
 
 class RestructurePagesResult(BaseModel):
     """``result`` of ``/restructure-pages``."""
 
-    layoutParsingResults: List[LayoutParsingResult]
+    layoutParsingResults: list[LayoutParsingResult]
 
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -278,4 +273,3 @@ class ErrorResponse(BaseModel):
 def dump_response(model: BaseModel) -> dict[str, Any]:
     """JSON-ready dict of a response, null model fields left out as PaddleX's server does."""
     return model.model_dump(mode="json", exclude_none=True)
-
