@@ -1,0 +1,578 @@
+"""The VRAM budget: how much of a GPU PaddleOCR-VL claims, so it can share the card with other models.
+
+`plan_vram` is pure: model needs + a GPU snapshot + options in, a `VramPlan` out (or a `VramError` whose
+message is the refusal a user reads). It mirrors the check vLLM makes at start-up
+(v1/worker/utils.py:request_memory): vLLM takes its own memory snapshot after creating its CUDA context
+and refuses unless `free >= ceil(gpu_memory_utilization * total)`, so the plan refuses (or lowers the
+concurrency) before vLLM would.
+
+How the fraction is built (vLLM >= 0.11 with --kv-cache-memory-bytes):
+  KV cache   = max(concurrency x tokens per request, max_model_len) x KV bytes per token
+  needed     = weights + model buffers + profiling peak + non-torch + CUDA graphs + CUDA context + KV cache
+  fraction   = needed x (1 + margin) / total, rounded up to 0.01
+vLLM then gets `--gpu-memory-utilization <fraction> --kv-cache-memory-bytes <KV cache>`: the KV cache is
+exactly what the concurrency needs and the fraction (what GPUStack books, total x fraction) covers all
+the process holds, its CUDA context included. Without --kv-cache-memory-bytes vLLM gives the KV cache
+whatever the fraction leaves after its profiling, and its CUDA context sits outside the fraction.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, Field, computed_field
+
+from .memory_needs import (
+    BLOCK_MAX_PIXELS,
+    CUDA_CONTEXT_BYTES,
+    KV_BLOCK_TOKENS,
+    MODEL_BUFFER_BYTES,
+    NCCL_BYTES,
+    NON_TORCH_BYTES,
+    PLANNING_NEW_TOKENS,
+    ModelMemoryNeeds,
+    MemoryNeedsError,
+    cuda_graph_bytes,
+    read_memory_needs,
+)
+from .nvml import GpuProcess, GpuSnapshot, read_snapshot
+from .sizes import format_bytes, parse_size
+
+# 16 in-flight block requests: PaddleX sends every block of a page at once and a page has 10 to 30
+# blocks, so 16 keeps the GPU busy for a 0.9B model while one page takes about two rounds; the KV cache
+# for 16 blocks is well under 1 GiB.
+DEFAULT_CONCURRENCY = 16
+# Below 4 in-flight blocks a page is recognised nearly one block at a time; refuse instead of starting
+# something that slow, so a scheduler places the instance elsewhere.
+DEFAULT_CONCURRENCY_FLOOR = 4
+# Safety margin, as a share of the estimated need: the estimated parts (profiling peak, graphs, context)
+# are what can be off, and they scale with the need, not with the card. The rounding up to 0.01 of the
+# card adds on top of it.
+DEFAULT_MARGIN = 0.05
+# The fraction is rounded up to 0.01 of the card; where that step alone would not fit the free memory
+# (0.01 of a 141 GiB card is 1.4 GiB) it is rounded up to 0.001 instead.
+FRACTION_STEPS = (0.01, 0.001)
+# vLLM's default --gpu-memory-utilization (config/cache.py; 0.9 before v0.11) and PaddleX's server's.
+VLLM_DEFAULT_FRACTION = 0.92
+PADDLEX_SERVER_FRACTION = 0.5
+
+
+class VramError(Exception):
+    """The budget refuses: the message says which GPU, free versus needed bytes, and what holds memory."""
+
+    def __init__(self, message: str, *, gpu: "PlannedGpu | None" = None, needed_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.gpu = gpu
+        self.needed_bytes = needed_bytes
+
+
+class VramOptions(BaseModel):
+    """What the user and the engine decide: concurrency, explicit vLLM memory flags, planning overrides."""
+
+    concurrency: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)  # the user's, kept
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=0)  # the user's, kept
+    max_num_seqs: int | None = Field(default=None, ge=1)  # the user's; else the plan sets it to the concurrency
+    gpu_total_bytes: int | None = Field(default=None, gt=0)  # plan for a card of this size, no NVML
+    gpu_free_bytes: int | None = Field(default=None, ge=0)
+    margin: float = Field(default=DEFAULT_MARGIN, ge=0, lt=1)  # share of the needed bytes added for safety
+    concurrency_floor: int = Field(default=DEFAULT_CONCURRENCY_FLOOR, ge=1)
+    kv_cache_flag_supported: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = False  # no CUDA graphs
+
+
+class PlannedGpu(BaseModel):
+    """The card a plan is for (a real one from NVML, or one described by --gpu-total)."""
+
+    index: int | None = None
+    uuid: str | None = None
+    name: str
+    total_bytes: int
+    cuda_total_bytes: int  # what vLLM multiplies the fraction with
+    free_bytes: int
+    processes: list[GpuProcess] = Field(default_factory=list)
+
+    def label(self) -> str:
+        """How messages name this card."""
+        if self.index is None:
+            return self.name
+        return f"GPU {self.index} ({self.name}, {self.uuid})"
+
+    def holders(self) -> str:
+        """Who holds memory on this card, largest first."""
+        if self.index is None:
+            return "a planned card; no processes read"
+        if not self.processes:
+            return "no process listed by NVML"
+        ordered = sorted(self.processes, key=lambda p: -(p.used_bytes or 0))
+        return ", ".join(
+            f"{p.name} (pid {p.pid}, {format_bytes(p.used_bytes) if p.used_bytes is not None else 'size unknown'})"
+            for p in ordered
+        )
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes one GPU needs, by what needs them."""
+
+    weights: int
+    model_buffers: int
+    activation_peak: int
+    non_torch: int
+    cuda_graphs: int
+    cuda_context: int
+    kv_cache: int
+
+    @property
+    def without_kv(self) -> int:
+        """Everything but the KV cache (what vLLM itself needs before any request)."""
+        return self.weights + self.model_buffers + self.activation_peak + self.non_torch + self.cuda_graphs + self.cuda_context
+
+    @property
+    def total(self) -> int:
+        """Everything the process holds."""
+        return self.without_kv + self.kv_cache
+
+    def describe(self) -> str:
+        """One line: the parts that make up the total."""
+        parts = [
+            ("weights", self.weights + self.model_buffers),
+            ("profiling peak", self.activation_peak),
+            ("CUDA graphs", self.cuda_graphs),
+            ("non-torch", self.non_torch),
+            ("CUDA context", self.cuda_context),
+            ("KV cache", self.kv_cache),
+        ]
+        return ", ".join(f"{name} {format_bytes(value)}" for name, value in parts)
+
+
+class VramPlan(BaseModel):
+    """The budget, JSON-friendly: what to pass to vLLM, what a control plane should book, and why."""
+
+    available: bool
+    reason: str | None = None
+    source: Literal["planned", "user", "none"] = "planned"
+    gpu: PlannedGpu | None = None  # the tightest card the plan is for
+    gpus: list[PlannedGpu] = Field(default_factory=list)
+    gpu_memory_utilization: float | None = None
+    kv_cache_memory_bytes: int | None = None
+    max_num_seqs: int | None = None
+    concurrency: int
+    requested_concurrency: int
+    claim_bytes: int  # what the instance books on each GPU (total x fraction, plus the context if outside)
+    needed_bytes: int  # what the estimate says it holds (breakdown total)
+    breakdown: MemoryBreakdown
+    tokens_per_request: int
+    kv_bytes_per_token: int
+    kv_cache_tokens: int
+    notes: list[str] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gpustack_parameter(self) -> str | None:
+        """The backend_parameters item GPUStack reads to book total x fraction on each GPU."""
+        if self.gpu_memory_utilization is None:
+            return None
+        return f"--gpu-memory-utilization={fraction_text(self.gpu_memory_utilization)}"
+
+    def vllm_args(self) -> list[str]:
+        """The vLLM flags this plan decides; the launch plan skips any the user typed himself."""
+        if not self.available:
+            return []
+        args: list[str] = []
+        if self.source == "planned" and self.gpu_memory_utilization is not None:
+            args += ["--gpu-memory-utilization", fraction_text(self.gpu_memory_utilization)]
+            if self.kv_cache_memory_bytes is not None:
+                args += ["--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes)]
+        if self.max_num_seqs is not None:
+            # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
+            args += ["--max-num-seqs", str(self.max_num_seqs)]
+        return args
+
+    def summary(self) -> str:
+        """One line for `plan`: fraction, bytes claimed, KV cache and concurrency."""
+        kv = f"KV cache {format_bytes(self.breakdown.kv_cache)} for {self.concurrency} in-flight blocks of {self.tokens_per_request} tokens"
+        if not self.available or self.gpu is None or self.gpu_memory_utilization is None:
+            return f"claims {format_bytes(self.claim_bytes)} per GPU; {kv}"
+        return (
+            f"{fraction_text(self.gpu_memory_utilization)} of {self.gpu.label()}: {format_bytes(self.claim_bytes)} claimed "
+            f"of {format_bytes(self.gpu.cuda_total_bytes)} ({format_bytes(self.gpu.free_bytes)} free); {kv}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The pure core.
+
+
+def fraction_text(fraction: float) -> str:
+    """A fraction as vLLM and GPUStack should read it: two decimals, three when the plan used 0.001 steps."""
+    two = f"{fraction:.2f}"
+    return two if abs(float(two) - fraction) < 1e-9 else f"{fraction:.3f}"
+
+
+def _ceil_step(value: float, step: float = FRACTION_STEPS[0]) -> float:
+    """Round up to the step, ignoring float noise (0.07000000001 -> 0.07)."""
+    return round(math.ceil(round(value / step, 6)) * step, 10)
+
+
+def _requested(fraction: float, gpu: PlannedGpu) -> int:
+    """What vLLM requests for a fraction: ceil(total x fraction) (v1/worker/utils.py:request_memory)."""
+    return math.ceil(gpu.cuda_total_bytes * fraction)
+
+
+def _kv_tokens(needs: ModelMemoryNeeds, concurrency: int) -> int:
+    """Tokens the KV cache must hold: the concurrency's requests, and never less than one max_model_len request."""
+    floor = math.ceil(needs.max_model_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+    return max(concurrency * needs.tokens_per_request, floor)
+
+
+def _breakdown(needs: ModelMemoryNeeds, options: VramOptions, concurrency: int, kv_bytes: int | None = None) -> MemoryBreakdown:
+    tp = options.tensor_parallel_size
+    seqs = options.max_num_seqs or concurrency
+    if kv_bytes is None:
+        kv_bytes = _kv_tokens(needs, concurrency) * needs.kv_bytes_per_token_per_gpu(tp)
+    return MemoryBreakdown(
+        weights=needs.weight_bytes_per_gpu(tp),
+        model_buffers=MODEL_BUFFER_BYTES,
+        activation_peak=needs.activation_peak_bytes(seqs),
+        non_torch=NON_TORCH_BYTES + (NCCL_BYTES if tp > 1 else 0),
+        cuda_graphs=0 if options.enforce_eager else cuda_graph_bytes(seqs),
+        cuda_context=CUDA_CONTEXT_BYTES,
+        kv_cache=kv_bytes,
+    )
+
+
+def _inside_fraction(parts: MemoryBreakdown, options: VramOptions) -> int:
+    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, all but the context without."""
+    return parts.total if options.kv_cache_flag_supported else parts.total - parts.cuda_context
+
+
+def _fraction_for(inside: int, gpus: list[PlannedGpu], margin: float, step: float = FRACTION_STEPS[0]) -> float:
+    """The one fraction every GPU gets: the largest any of them needs with the margin, rounded up to the step."""
+    return max(_ceil_step(inside * (1 + margin) / gpu.cuda_total_bytes, step) for gpu in gpus)
+
+
+def _shortfall(fraction: float, gpus: list[PlannedGpu], context: int) -> tuple[PlannedGpu, int]:
+    """The tightest GPU and by how much vLLM's start-up check would miss on it (<= 0: it passes)."""
+    misses = [(_requested(fraction, gpu) + context - gpu.free_bytes, gpu) for gpu in gpus]
+    miss, gpu = max(misses, key=lambda item: item[0])
+    return gpu, miss
+
+
+def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[PlannedGpu]) -> tuple[float, PlannedGpu, int]:
+    """(fraction, tightest GPU, shortfall): the coarsest rounding that passes vLLM's check, else the coarsest."""
+    inside = _inside_fraction(parts, options)
+    tried = []
+    for step in FRACTION_STEPS:
+        fraction = _fraction_for(inside, gpus, options.margin, step)
+        tightest, miss = _shortfall(fraction, gpus, parts.cuda_context)
+        if fraction <= 1.0 and miss <= 0:
+            return fraction, tightest, miss
+        tried.append((fraction, tightest, miss))
+    return tried[0]
+
+
+def _fits(needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu], concurrency: int) -> bool:
+    parts = _breakdown(needs, options, concurrency, options.kv_cache_memory_bytes)
+    fraction, _gpu, miss = _choose_fraction(parts, options, gpus)
+    return fraction <= 1.0 and miss <= 0
+
+
+def _blocks(n: int) -> str:
+    return f"{n} in-flight block" + ("" if n == 1 else "s")
+
+
+def _refusal(gpu: PlannedGpu, fraction: float, what: str, parts: MemoryBreakdown, advice: str) -> VramError:
+    requested = _requested(min(fraction, 1.0), gpu)
+    needed = requested + parts.cuda_context
+    message = (
+        f"{gpu.label()} has {format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.cuda_total_bytes)}, "
+        f"but {what} needs {format_bytes(needed)} free at start-up: --gpu-memory-utilization {fraction_text(fraction)} "
+        f"({format_bytes(requested)}: {parts.describe()}, with margin and rounding) plus the CUDA context vLLM "
+        f"creates before it checks; memory is held by {gpu.holders()}. {advice}"
+    )
+    return VramError(message, gpu=gpu, needed_bytes=needed)
+
+
+def _planned_gpus(snapshot: GpuSnapshot | None, options: VramOptions) -> list[PlannedGpu] | str:
+    """The GPUs to plan for, or the reason there are none."""
+    tp = options.tensor_parallel_size
+    if options.gpu_total_bytes is not None:
+        total = options.gpu_total_bytes
+        free = total if options.gpu_free_bytes is None else min(options.gpu_free_bytes, total)
+        card = PlannedGpu(name=f"planned card ({format_bytes(total)})", total_bytes=total, cuda_total_bytes=total, free_bytes=free)
+        return [card] * tp
+    if snapshot is None or not snapshot.available:
+        reason = (snapshot.error if snapshot is not None else None) or "no GPU visible"
+        if snapshot is not None and snapshot.fatal:
+            raise VramError(reason)
+        return reason
+    if len(snapshot.gpus) < tp:
+        raise VramError(
+            f"--tensor-parallel-size {tp} needs {tp} GPUs but only {len(snapshot.gpus)} are visible "
+            f"(CUDA_VISIBLE_DEVICES={snapshot.visible_devices!r}); give the instance more GPUs or lower the size"
+        )
+    gpus = []
+    for info in snapshot.gpus[:tp]:
+        free = info.free_bytes if options.gpu_free_bytes is None else options.gpu_free_bytes
+        gpus.append(
+            PlannedGpu(
+                index=info.index,
+                uuid=info.uuid,
+                name=info.name,
+                total_bytes=info.total_bytes,
+                cuda_total_bytes=info.cuda_total_bytes,
+                free_bytes=free,
+                processes=info.processes,
+            )
+        )
+    return gpus
+
+
+def _plan(
+    needs: ModelMemoryNeeds,
+    options: VramOptions,
+    parts: MemoryBreakdown,
+    *,
+    concurrency: int,
+    requested: int,
+    notes: list[str],
+    **fields: Any,
+) -> VramPlan:
+    tp = options.tensor_parallel_size
+    per_token = needs.kv_bytes_per_token_per_gpu(tp)
+    return VramPlan(
+        concurrency=concurrency,
+        requested_concurrency=requested,
+        needed_bytes=parts.total,
+        breakdown=parts,
+        tokens_per_request=needs.tokens_per_request,
+        kv_bytes_per_token=per_token,
+        kv_cache_tokens=parts.kv_cache // per_token,
+        notes=notes,
+        **fields,
+    )
+
+
+def plan_vram(needs: ModelMemoryNeeds, snapshot: GpuSnapshot | None, options: VramOptions) -> VramPlan:
+    """Budget one instance: the fraction, KV bytes and concurrency that fit the visible GPU(s), or refuse."""
+    requested = options.concurrency or DEFAULT_CONCURRENCY
+    notes: list[str] = list(snapshot.notes) if snapshot is not None else []
+    if options.concurrency is None:
+        notes.append(f"concurrency {DEFAULT_CONCURRENCY} (the default in-flight block requests); --concurrency N changes it")
+    if options.max_num_seqs is not None and options.max_num_seqs < requested:
+        notes.append(f"the user's --max-num-seqs {options.max_num_seqs} caps vLLM below the concurrency {requested}")
+    gpus = _planned_gpus(snapshot, options)
+
+    if isinstance(gpus, str):
+        # No GPU to check against: report what the instance would need, so `plan` still shows it.
+        parts = _breakdown(needs, options, requested, options.kv_cache_memory_bytes)
+        return _plan(
+            needs, options, parts, concurrency=requested, requested=requested, notes=notes,
+            available=False, reason=gpus, source="none", claim_bytes=parts.total,
+            max_num_seqs=options.max_num_seqs or requested,
+        )
+    if options.gpu_total_bytes is not None:
+        notes.append(f"planned for {gpus[0].name} with {format_bytes(gpus[0].free_bytes)} free (--gpu-total), not read from NVML")
+
+    if options.gpu_memory_utilization is not None:
+        return _plan_user_fraction(needs, options, gpus, requested, notes)
+    return _plan_own_fraction(needs, options, gpus, requested, notes)
+
+
+def _plan_own_fraction(
+    needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu], requested: int, notes: list[str]
+) -> VramPlan:
+    floor = min(options.concurrency_floor, requested)
+    user_kv = options.kv_cache_memory_bytes
+    if user_kv is not None:
+        # The user fixed the KV cache: concurrency follows from it and cannot be lowered by us.
+        candidates = [requested]
+    elif _fits(needs, options, gpus, requested):
+        candidates = [requested]
+    else:
+        lo, hi = floor, requested - 1
+        best = None
+        while lo <= hi:  # largest concurrency that fits; fitting shrinks as concurrency grows
+            mid = (lo + hi) // 2
+            if _fits(needs, options, gpus, mid):
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        candidates = [best] if best is not None else []
+
+    concurrency = candidates[0] if candidates else floor
+    parts = _breakdown(needs, options, concurrency, user_kv)
+    fraction, tightest, miss = _choose_fraction(parts, options, gpus)
+    if not candidates or miss > 0 or fraction > 1.0:
+        what = (
+            f"PaddleOCR-VL with the given --kv-cache-memory-bytes"
+            if user_kv is not None
+            else f"PaddleOCR-VL at the lowest concurrency ({_blocks(concurrency)})"
+        )
+        advice = (
+            "Free memory on that GPU, give the instance another GPU, or lower --max-num-batched-tokens "
+            "(it sets the start-up profiling peak)."
+        )
+        if fraction > 1.0:
+            advice = f"The card is too small for this model at these settings. {advice}"
+        raise _refusal(tightest, fraction, what, parts, advice)
+
+    if concurrency < requested:
+        notes.append(
+            f"lowered the concurrency from {requested} to {concurrency} in-flight blocks to fit the "
+            f"{format_bytes(tightest.free_bytes)} free on {tightest.label()}"
+        )
+    kv_flag = None
+    if options.kv_cache_flag_supported:
+        kv_flag = parts.kv_cache
+        claim = _requested(fraction, tightest)
+    else:
+        claim = _requested(fraction, tightest) + parts.cuda_context
+        notes.append(
+            "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and its CUDA "
+            f"context ({format_bytes(parts.cuda_context)}) sits outside what a control plane books"
+        )
+    if user_kv is not None:
+        implied = max(0, user_kv // (needs.tokens_per_request * needs.kv_bytes_per_token_per_gpu(options.tensor_parallel_size)))
+        concurrency = max(1, min(requested, implied)) if implied else 1
+        notes.append(f"kept the user's --kv-cache-memory-bytes {user_kv} (room for {implied} in-flight blocks)")
+    return _plan(
+        needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
+        available=True, source="planned", gpu=tightest, gpus=gpus, gpu_memory_utilization=fraction,
+        kv_cache_memory_bytes=kv_flag, max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
+    )
+
+
+def _plan_user_fraction(
+    needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu], requested: int, notes: list[str]
+) -> VramPlan:
+    """Keep the user's --gpu-memory-utilization, but refuse one that cannot start or cannot fit."""
+    fraction = float(options.gpu_memory_utilization)  # type: ignore[arg-type]
+    tp = options.tensor_parallel_size
+    per_request = needs.tokens_per_request * needs.kv_bytes_per_token_per_gpu(tp)
+    min_kv = _kv_tokens(needs, 1) * needs.kv_bytes_per_token_per_gpu(tp)
+    user_kv = options.kv_cache_memory_bytes
+    # Size the profiling estimate for the concurrency asked (or the user's --max-num-seqs).
+    probe = _breakdown(needs, options, requested, 0)
+    overhead = probe.without_kv - probe.cuda_context  # what vLLM takes out of its budget before the KV cache
+    smallest = min(gpus, key=lambda gpu: gpu.cuda_total_bytes)
+    budget = _requested(fraction, smallest)
+    kv_room = user_kv if user_kv is not None else budget - overhead
+    if budget < overhead + (0 if user_kv is not None else min_kv):
+        least = _ceil_step((overhead + (0 if user_kv is not None else min_kv)) / smallest.cuda_total_bytes)
+        raise VramError(
+            f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(budget)} of {smallest.label()}, "
+            f"but the weights, profiling peak and CUDA graphs take {format_bytes(overhead)}"
+            + ("" if user_kv is not None else f" and one {needs.max_model_len}-token request needs {format_bytes(min_kv)} of KV cache")
+            + f"; use at least {least:.2f}, or leave the flag out and let vllm_paddle_ocr size it",
+            gpu=smallest,
+            needed_bytes=overhead + min_kv,
+        )
+    implied = max(1, kv_room // per_request) if per_request else requested
+    concurrency = min(requested, implied)
+    parts = _breakdown(needs, options, concurrency, kv_room)
+    tightest, miss = _shortfall(fraction, gpus, parts.cuda_context)
+    if miss > 0:
+        raise _refusal(
+            tightest, fraction, f"the user's --gpu-memory-utilization {fraction:g}", parts,
+            "Lower --gpu-memory-utilization (or leave it out and let vllm_paddle_ocr size it), or free memory on that GPU.",
+        )
+    if implied < requested:
+        notes.append(f"the user's --gpu-memory-utilization {fraction:g} leaves KV cache for about {implied} in-flight blocks, fewer than {requested}")
+    # vLLM fills the fraction and its context comes on top; a fixed KV cache holds only what the parts add up to.
+    booked = _requested(fraction, tightest)
+    claim = booked + parts.cuda_context if user_kv is None else max(booked, parts.total)
+    notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
+    return _plan(
+        needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
+        available=True, source="user", gpu=tightest, gpus=gpus, gpu_memory_utilization=fraction,
+        kv_cache_memory_bytes=user_kv, max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The edge: reading the model and NVML, and turning a serve request into options.
+
+
+def budget(
+    model_dir: Path,
+    options: VramOptions,
+    *,
+    snapshot: GpuSnapshot | None = None,
+    env: Mapping[str, str] | None = None,
+    **needs_kwargs: Any,
+) -> VramPlan:
+    """Read the model's needs (and NVML unless a snapshot or --gpu-total is given), then plan."""
+    kwargs: dict[str, Any] = {
+        "max_pixels": BLOCK_MAX_PIXELS,
+        "max_num_batched_tokens": 16384,
+        "max_new_tokens": PLANNING_NEW_TOKENS,
+        "dtype": None,
+    }
+    kwargs.update(needs_kwargs)
+    if kwargs.get("max_model_len") is None:
+        from .launch_plan import served_context_length  # the --max-model-len the launch plan will pass
+
+        kwargs["max_model_len"] = served_context_length(Path(model_dir))
+    try:
+        needs = read_memory_needs(Path(model_dir), **kwargs)
+    except MemoryNeedsError as exc:
+        raise VramError(str(exc)) from exc
+    if snapshot is None and options.gpu_total_bytes is None:
+        snapshot = read_snapshot(env)
+    return plan_vram(needs, snapshot, options)
+
+
+def _user_number(request: Any, key: str, convert: Any) -> Any:
+    text = request.user_value(key)
+    if text is None:
+        return None
+    try:
+        return convert(text)
+    except ValueError as exc:
+        raise VramError(f"--{key} {text!r} is not a valid value: {exc}") from None
+
+
+def options_from_request(request: Any, engine: Any) -> VramOptions:
+    """VramOptions from a ServeRequest (our flags and the user's vLLM flags) and the installed vLLM."""
+    eager = request.user_flag("enforce-eager")
+    return VramOptions(
+        concurrency=request.concurrency,
+        gpu_memory_utilization=_user_number(request, "gpu-memory-utilization", float),
+        kv_cache_memory_bytes=_user_number(request, "kv-cache-memory-bytes", parse_size),
+        max_num_seqs=_user_number(request, "max-num-seqs", int),
+        gpu_total_bytes=request.gpu_total_bytes,
+        gpu_free_bytes=request.gpu_free_bytes,
+        margin=request.vram_margin,
+        kv_cache_flag_supported=engine.knows_flag("--kv-cache-memory-bytes"),
+        tensor_parallel_size=_user_number(request, "tensor-parallel-size", int) or 1,
+        enforce_eager=eager is not None and not eager.name.lstrip("-").startswith("no-"),
+    )
+
+
+def _context_length(text: str) -> int | None:
+    """--max-model-len as vLLM reads it: a size such as 8192 or 8k, or -1/auto for the model's own."""
+    if text.strip().lower() in {"-1", "auto"}:
+        return None
+    return parse_size(text)
+
+
+def needs_from_request(request: Any) -> dict[str, Any]:
+    """The read_memory_needs keyword arguments a ServeRequest implies (the user's vLLM flags win)."""
+    from .launch_plan import RECOMMENDED_FLAGS
+
+    recommended = dict(RECOMMENDED_FLAGS)
+    batched = _user_number(request, "max-num-batched-tokens", parse_size)
+    if batched is None:
+        batched = int(recommended.get("--max-num-batched-tokens", ("16384",))[0])
+    return {
+        "max_pixels": BLOCK_MAX_PIXELS,
+        "max_num_batched_tokens": batched,
+        "max_new_tokens": PLANNING_NEW_TOKENS,
+        "dtype": request.user_value("dtype"),
+        "max_model_len": _user_number(request, "max-model-len", _context_length),
+        "kv_cache_dtype": request.user_value("kv-cache-dtype"),
+    }
