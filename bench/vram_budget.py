@@ -1,0 +1,213 @@
+"""What PaddleOCR-VL claims on real cards with the VRAM budget, next to vLLM's and PaddleX's fixed fractions.
+
+Runs with no GPU: the cards are recorded NVML snapshots (tests/unit/data/gpus/*.json) replayed through
+the same NVML boundary the runtime uses, and the model is PaddleOCR-VL-0.9B as a header-only checkpoint
+(its exact tensor shapes, from transformers' PaddleOCRVLForConditionalGeneration on the meta device;
+no weights are downloaded or written).
+
+    .venv/bin/python bench/vram_budget.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import served_context_length
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
+    BLOCK_MAX_PIXELS,
+    CUDA_CONTEXT_BYTES,
+    PLANNING_NEW_TOKENS,
+    ModelMemoryNeeds,
+    read_memory_needs,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import GpuSnapshot, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
+
+ROOT = Path(__file__).resolve().parents[1]
+CARDS_DIR = ROOT / "tests" / "unit" / "data" / "gpus"
+CARDS = (
+    ("H100 80GB, empty", "h100_80gb_empty"),
+    ("A100 40GB, 30 GiB taken", "a100_40gb_shared"),
+    ("L4 24GB, empty", "l4_24gb_empty"),
+    ("RTX 4090 24GB, empty", "rtx4090_24gb_empty"),
+    ("RTX 5060 8GB, desktop", "rtx5060_8gb_desktop"),
+    ("RTX 4090 24GB, full", "rtx4090_24gb_full"),
+)
+CONCURRENCIES = (1, 16, 64)
+MAX_NUM_BATCHED_TOKENS = 16384  # the vLLM recipe for PaddleOCR-VL, as the launch plan passes it
+GOAL_BYTES = 8 * GiB  # an 80 GiB card at concurrency 64 claims at most this
+
+# PaddleOCR-VL-0.9B as published (flat config.json, ERNIE-4.5-0.3B text model, SigLIP-style encoder).
+TEXT = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 18, "num_attention_heads": 16,
+        "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 131072, "vocab_size": 103424,
+        "rms_norm_eps": 1e-05, "rope_theta": 500000, "hidden_act": "silu"}
+VISION = {"model_type": "paddleocr_vl", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+          "num_attention_heads": 16, "num_channels": 3, "image_size": 384, "patch_size": 14,
+          "spatial_merge_size": 2, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-06}
+PUBLISHED_PARAMETERS = 905_601_648  # what transformers lists for this config, used if it is not installed
+
+
+def tensor_shapes() -> dict[str, list[int]]:
+    """Every tensor of PaddleOCR-VL-0.9B with its shape, without allocating any of them."""
+    try:
+        import torch
+        from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
+    except ImportError:
+        return {"weights": [PUBLISHED_PARAMETERS]}
+    config = PaddleOCRVLConfig(text_config=dict(TEXT), vision_config=dict(VISION), tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = PaddleOCRVLForConditionalGeneration(config)
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
+def write_header_only_model(root: Path) -> Path:
+    """config.json, preprocessor_config.json and a sparse model.safetensors (real header, no data)."""
+    shapes = tensor_shapes()
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    with (root / "model.safetensors").open("wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    config = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl",
+              "torch_dtype": "bfloat16", "tie_word_embeddings": False, "vision_config": VISION, **TEXT}
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": 2822400}))
+    return root
+
+
+def snapshot(name: str) -> GpuSnapshot:
+    return read_snapshot({}, api=RecordedNvml.from_file(CARDS_DIR / f"{name}.json"))
+
+
+def claim_cell(needs: ModelMemoryNeeds, snap: GpuSnapshot, concurrency: int) -> str:
+    try:
+        plan = vram.plan_vram(needs, snap, vram.VramOptions(concurrency=concurrency))
+    except vram.VramError:
+        return "refused"
+    cell = f"{plan.claim_bytes / GiB:.2f}"
+    return cell if plan.concurrency == concurrency else f"{cell} (c={plan.concurrency})"
+
+
+def fixed_cell(snap: GpuSnapshot, fraction: float) -> str:
+    gpu = snap.gpus[0]
+    booked = math.ceil(fraction * gpu.cuda_total_bytes)
+    fits = gpu.free_bytes - CUDA_CONTEXT_BYTES >= booked  # vLLM's start-up check
+    return f"{booked / GiB:.2f}" + ("" if fits else " fails")
+
+
+def instances_with_plan(needs: ModelMemoryNeeds, snap: GpuSnapshot, concurrency: int) -> int:
+    """Instances started one after another (the start lock), each at `concurrency`, until one is refused."""
+    free, count = snap.gpus[0].free_bytes, 0
+    options = vram.VramOptions(concurrency=concurrency, concurrency_floor=concurrency)
+    while count < 1000:
+        current = snap.model_copy(deep=True)
+        current.gpus[0].free_bytes = free
+        try:
+            plan = vram.plan_vram(needs, current, options)
+        except vram.VramError:
+            break
+        count += 1
+        free -= max(plan.claim_bytes, plan.needed_bytes)
+    return count
+
+
+def instances_with_fraction(snap: GpuSnapshot, fraction: float) -> int:
+    gpu, count = snap.gpus[0], 0
+    free = gpu.free_bytes
+    booked = math.ceil(fraction * gpu.cuda_total_bytes)
+    while free - CUDA_CONTEXT_BYTES >= booked:  # each instance fills its fraction, plus its own context
+        count += 1
+        free -= booked + CUDA_CONTEXT_BYTES
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the table as JSON rows")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = write_header_only_model(Path(tmp))
+        context = served_context_length(model)
+        needs = read_memory_needs(
+            model, max_pixels=BLOCK_MAX_PIXELS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
+            max_new_tokens=PLANNING_NEW_TOKENS, dtype=None, max_model_len=context,
+        )
+        worst = read_memory_needs(
+            model, max_pixels=BLOCK_MAX_PIXELS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
+            max_new_tokens=4096, dtype=None, max_model_len=context,
+        )
+
+    rows = []
+    for label, name in CARDS:
+        snap = snapshot(name)
+        gpu = snap.gpus[0]
+        rows.append({
+            "card": label,
+            "total_gib": round(gpu.cuda_total_bytes / GiB, 2),
+            "free_gib": round(gpu.free_bytes / GiB, 2),
+            **{f"plan_c{c}": claim_cell(needs, snap, c) for c in CONCURRENCIES},
+            "vllm_0.92": fixed_cell(snap, vram.VLLM_DEFAULT_FRACTION),
+            "vllm_0.9": fixed_cell(snap, 0.9),
+            "paddlex_0.5": fixed_cell(snap, vram.PADDLEX_SERVER_FRACTION),
+            "instances_plan_c16": instances_with_plan(needs, snap, vram.DEFAULT_CONCURRENCY),
+            "instances_plan_c64": instances_with_plan(needs, snap, 64),
+            "instances_vllm": instances_with_fraction(snap, vram.VLLM_DEFAULT_FRACTION),
+            "instances_paddlex": instances_with_fraction(snap, vram.PADDLEX_SERVER_FRACTION),
+        })
+    h100 = vram.plan_vram(needs, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
+    h100_worst = vram.plan_vram(worst, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
+    if args.json:
+        print(json.dumps({"rows": rows, "goal_met": h100.claim_bytes <= GOAL_BYTES}, indent=2))
+        return 0 if h100.claim_bytes <= GOAL_BYTES else 1
+
+    print("PaddleOCR-VL-0.9B: GiB claimed per instance (GPUStack books this; vLLM checks it against free memory)")
+    print(
+        f"model: {needs.parameter_count:,} parameters, {needs.weight_bytes / GiB:.2f} GiB bf16 weights, "
+        f"{needs.kv_bytes_per_token} KV bytes/token; --max-num-batched-tokens {MAX_NUM_BATCHED_TOKENS}, "
+        f"--max-model-len {needs.max_model_len}; one block = {needs.image_tokens} image tokens "
+        f"(max_pixels {needs.max_pixels}) + {needs.prompt_tokens} prompt + {needs.max_new_tokens} new "
+        f"= {needs.tokens_per_request} tokens"
+    )
+    print("plan cN = this budget at concurrency N ('(c=M)': lowered to fit free memory); "
+          "'fails' = vLLM's start-up free-memory check refuses")
+    print()
+    headers = ["card", "total", "free", "plan c1", "plan c16", "plan c64", "vLLM 0.92", "vLLM 0.9", "PaddleX 0.5",
+               "fit c16", "fit c64", "fit vLLM", "fit PaddleX"]
+    keys = ["card", "total_gib", "free_gib", "plan_c1", "plan_c16", "plan_c64", "vllm_0.92", "vllm_0.9", "paddlex_0.5",
+            "instances_plan_c16", "instances_plan_c64", "instances_vllm", "instances_paddlex"]
+    table = [headers] + [[str(row[k]) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
+    for i, line in enumerate(table):
+        print("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print("fit = PaddleOCR-VL instances that start on the card one after another (the per-GPU start lock)")
+    print(
+        f"H100 80GB at concurrency 64: {h100.claim_bytes / GiB:.2f} GiB claimed "
+        f"({h100.gpustack_parameter}, --kv-cache-memory-bytes {h100.kv_cache_memory_bytes}, "
+        f"--max-num-seqs {h100.max_num_seqs}); goal <= {GOAL_BYTES / GiB:.0f} GiB: "
+        + ("met" if h100.claim_bytes <= GOAL_BYTES else "NOT met")
+    )
+    print(f"  {h100.breakdown.describe()}")
+    print(
+        f"sized for PaddleX's 4096-token answer cap instead ({worst.tokens_per_request} tokens a block), "
+        f"the same plan would claim {h100_worst.claim_bytes / GiB:.2f} GiB"
+    )
+    return 0 if h100.claim_bytes <= GOAL_BYTES else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
