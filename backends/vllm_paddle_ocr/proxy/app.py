@@ -323,8 +323,8 @@ class _Handlers:
         options = self._options(infer)
         if options.page.restructure_pages:
             raise NotSupported(_RESTRUCTURE_MISSING)
-        detector = self._detector_for(options)
         self._ensure_upstream()
+        detector = self._detector_for(options)
         data, declared = await self._file_bytes(infer)
         document = await asyncio.to_thread(open_document, data, declared, self.limits)
         del data

@@ -1,0 +1,382 @@
+"""The proxy app over real HTTP: passthrough, readiness, PaddleX endpoints and their errors, health, metrics.
+
+vLLM is a small real server on loopback (tests/fixtures/fake_vllm.py) and the layout model a fake
+detector returning fixed boxes; both the upstream and the proxy run under uvicorn.
+"""
+
+import asyncio
+import base64
+import io
+import json
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, png_bytes
+from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema
+from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import ProxySettings
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app, drain
+
+PNG = base64.b64encode(png_bytes(make_page_image(600, 800))).decode()
+
+
+def settings(upstream: str, **overrides) -> ProxySettings:
+    values = dict(
+        host="127.0.0.1", port=0, upstream_url=upstream, served_model_name="PaddleOCR-VL-0.9B",
+        model_aliases=["PaddleOCR-VL-0.9B"], model_version="0.9B", layout_dir="/models/PP-DocLayoutV2",
+        layout_model_name="PP-DocLayoutV2", layout_device="cpu", concurrency=4, max_body_bytes=20 * 1024**2,
+        max_pages=5, max_page_pixels=178_956_970, allow_url_input=False, url_allow_hosts=[],
+        ready_timeout_s=10.0, shutdown_grace_s=5.0,
+    )  # fmt: skip
+    values.update(overrides)
+    return ProxySettings(**values)
+
+
+async def answer_by_prompt(body):
+    return "<fcel>A<fcel>B<nl>" if prompt_of(body) == "Table Recognition:" else "Some words"
+
+
+def scenario(check, *, fake=None, ready=True, detector="fake", **overrides):
+    """Run `check(client, fake, state, app)` against a proxy in front of a fake vLLM."""
+    fake = fake or FakeVllm(answer=answer_by_prompt)
+
+    async def main():
+        async with serve_on_loopback(fake) as upstream:
+            state = UpstreamState()
+            if ready:
+                state.mark_ready()
+            app = create_app(
+                settings(upstream, **overrides), state=state, detector=FakeDetector() if detector == "fake" else detector
+            )
+            async with serve_on_loopback(app) as proxy:
+                async with httpx.AsyncClient(base_url=proxy, timeout=30) as client:
+                    return await check(client, fake, state, app)
+
+    return asyncio.run(main())
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text[:500]
+    body = response.json()
+    assert set(body) == {"logId", "errorCode", "errorMsg"}
+    assert body["errorCode"] == status
+    return body["errorMsg"]
+
+
+# ---------------------------------------------------------------- passthrough and readiness
+
+
+def test_v1_answers_503_until_ready_and_again_when_vllm_failed():
+    async def check(client, fake, state, app):
+        starting = await client.get("/v1/models")
+        state.mark_ready()
+        ready = await client.get("/v1/models")
+        state.mark_failed("vLLM exited with code 1")
+        failed = await client.get("/v1/models")
+        return starting, ready, failed
+
+    starting, ready, failed = scenario(check, ready=False)
+    assert starting.status_code == 503 and "still starting" in starting.json()["error"]["message"]
+    assert ready.status_code == 200 and ready.json()["data"][0]["id"] == "PaddleOCR-VL-0.9B"
+    assert failed.status_code == 503 and "vLLM exited with code 1" in failed.json()["error"]["message"]
+
+
+def test_requests_pass_through_unchanged_both_ways():
+    payload = bytes(range(256)) * 50
+
+    async def chunks():
+        for k in range(0, len(payload), 1000):
+            yield payload[k : k + 1000]
+
+    async def check(client, fake, state, app):
+        plain = await client.put("/v1/echo?x=1&y=%20z", content=payload, headers={"x-custom": "kept"})
+        streamed = await client.post("/v1/echo", content=chunks())
+        missing = await client.get("/v1/nowhere")
+        other = await client.get("/tokenize")
+        return plain, streamed, missing, other, fake.headers_seen
+
+    plain, streamed, missing, other, seen = scenario(check)
+    assert plain.status_code == 200 and plain.content == payload + b"x=1&y=%20z"
+    assert plain.headers["x-echo-method"] == "PUT"
+    assert plain.headers["content-type"] == "application/octet-stream"
+    assert seen[0]["x-custom"] == "kept"
+    assert streamed.content == payload
+    # vLLM's own 404 body, not the proxy's
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+    assert other.status_code == 404 and other.json() == {"detail": "Not Found"}
+
+
+def test_sse_is_streamed_chunk_by_chunk():
+    fake = FakeVllm(stream_chunks=4, stream_interval_s=0.3)
+
+    async def check(client, fake, state, app):
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        events = []
+        upstream_busy_at_first = None
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    if upstream_busy_at_first is None:
+                        upstream_busy_at_first = fake.in_flight
+                    events.append(line[6:])
+        return response, events, upstream_busy_at_first
+
+    response, events, busy = scenario(check, fake=fake)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert len(events) == 5 and events[-1] == "[DONE]"
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "tok0 "
+    assert busy == 1  # the first event arrived while vLLM was still generating
+
+
+def test_a_client_that_disconnects_cancels_its_upstream_stream():
+    fake = FakeVllm(stream_chunks=50, stream_interval_s=0.2)
+
+    async def check(client, fake, state, app):
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                break
+        for _ in range(100):
+            if fake.disconnects:
+                break
+            await asyncio.sleep(0.05)
+        return fake.disconnects, state.in_flight
+
+    disconnects, in_flight = scenario(check, fake=fake)
+    assert disconnects == 1 and in_flight == 0
+
+
+def test_an_unreachable_vllm_is_a_502_in_openai_shape():
+    async def check(client, fake, state, app):
+        dead = create_app(settings("http://127.0.0.1:9"), state=UpstreamState(ready=True))
+        async with serve_on_loopback(dead) as proxy:
+            return await httpx.AsyncClient(base_url=proxy).get("/v1/models")
+
+    response = scenario(check)
+    assert response.status_code == 502
+    assert "did not answer" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- /layout-parsing
+
+
+def test_layout_parsing_answer_is_paddlex_schema_with_nulls_left_out():
+    schema = load_paddlex_serving_schema()
+
+    async def check(client, fake, state, app):
+        image = await client.post(
+            "/layout-parsing", json={"file": PNG, "fileType": 1, "visualize": False, "returnMarkdownImages": False, "logId": "abc"}
+        )
+        pdf = await client.post("/layout-parsing", json={"file": base64.b64encode(make_pdf(2)).decode()})
+        return image, pdf
+
+    image, pdf = scenario(check)
+    assert image.status_code == 200, image.text
+    body = image.json()
+    response_model = schema.infra_models.AIStudioResultResponse[schema.InferResult]
+    response_model.model_validate(body)
+    assert (body["logId"], body["errorCode"], body["errorMsg"]) == ("abc", 0, "Success")
+    page = body["result"]["layoutParsingResults"][0]
+    assert set(page) == {"prunedResult", "markdown"} and set(page["markdown"]) == {"text"}
+    assert body["result"]["dataInfo"] == {"width": 600, "height": 800, "type": "image"}
+    # nulls inside prunedResult stay: PaddleX keeps them
+    assert any(b["block_order"] is None for b in page["prunedResult"]["parsing_res_list"])
+
+    assert pdf.status_code == 200, pdf.text
+    checked = response_model.model_validate(pdf.json())
+    assert checked.result.dataInfo.type == "pdf" and checked.result.dataInfo.numPages == 2
+    pages = pdf.json()["result"]["layoutParsingResults"]
+    assert len(pages) == 2 and all("inputImage" in p and "layout_det_res" in p["outputImages"] for p in pages)
+
+
+def test_validation_errors_are_422_with_paddlex_error_list():
+    async def check(client, fake, state, app):
+        missing = await client.post("/layout-parsing", json={"fileType": 3, "logId": "mine"})
+        not_json = await client.post("/layout-parsing", content=b"{nope", headers={"content-type": "application/json"})
+        bad_option = await client.post("/layout-parsing", json={"file": PNG, "layoutThreshold": {"x": 0.5}})
+        return missing, not_json, bad_option
+
+    missing, not_json, bad_option = scenario(check)
+    assert missing.json()["logId"] == "mine"
+    errors = json.loads(error_of(missing, 422))
+    assert {"type": "missing", "loc": "body.file", "msg": "Field required"} in errors
+    assert any(e["loc"] == "body.fileType" for e in errors)
+    assert json.loads(error_of(not_json, 422))[0]["type"] == "json_invalid"
+    assert json.loads(error_of(bad_option, 422))[0]["loc"] == "body.layoutThreshold"
+
+
+def test_bad_inputs_are_answered_in_paddlex_shape():
+    gif = io.BytesIO()
+    make_page_image(120, 120).convert("P").save(gif, format="GIF")
+
+    async def check(client, fake, state, app):
+        post = lambda body: client.post("/layout-parsing", json=body)  # noqa: E731
+        return [
+            await post({"file": base64.b64encode(b"just some text here").decode()}),
+            await post({"file": base64.b64encode(gif.getvalue()).decode(), "fileType": 1}),
+            await post({"file": "not base64!", "fileType": 1}),
+            await post({"file": base64.b64encode(pixel_bomb_png()).decode(), "fileType": 1}),
+            await post({"file": "https://example.com/a.pdf"}),
+        ]
+
+    unknown, unsupported, garbage, bomb, url = scenario(check)
+    assert error_of(unknown, 422) == "File type cannot be determined"
+    assert error_of(unsupported, 422) == "Unsupported file type"
+    assert error_of(garbage, 422).startswith("Invalid input file")
+    assert error_of(bomb, 422) == (
+        "Image pixel count 200000000 (width=20000, height=10000) exceeds maximum allowed 178956970."
+    )
+    assert "URL input is disabled" in error_of(url, 422)
+
+
+def test_limits_are_413_naming_the_limit():
+    async def check(client, fake, state, app):
+        too_many = await client.post("/layout-parsing", json={"file": base64.b64encode(make_pdf(3)).decode()})
+        too_big = await client.post("/layout-parsing", json={"file": "A" * 2_000_000})
+        return too_many, too_big, fake.bodies
+
+    too_many, too_big, sent = scenario(check, max_pages=2, max_body_bytes=1024 * 1024)
+    assert "3 pages" in error_of(too_many, 413) and "--max-pages" in error_of(too_many, 413)
+    assert "--max-body-size" in error_of(too_big, 413)
+    assert sent == []  # nothing reached the model
+
+
+def test_per_page_pixel_limit_names_the_page():
+    async def check(client, fake, state, app):
+        return await client.post("/layout-parsing", json={"file": base64.b64encode(make_pdf(2)).decode()})
+
+    message = error_of(scenario(check, max_page_pixels=1000), 422)
+    assert message.startswith("Page 1: ")
+
+
+def test_upstream_failure_is_a_5xx_naming_page_and_block():
+    async def table_fails(body):
+        return 500 if prompt_of(body) == "Table Recognition:" else "words"
+
+    async def check(client, fake, state, app):
+        return await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+
+    message = error_of(scenario(check, fake=FakeVllm(answer=table_fails)), 502)
+    assert message.startswith("Page 1, block ") and "(table at [" in message
+
+
+def test_layout_parsing_needs_a_ready_upstream_and_a_layout_model():
+    async def check(client, fake, state, app):
+        starting = await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+        state.mark_ready()
+        loading = await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+        whole_page = await client.post(
+            "/layout-parsing", json={"file": PNG, "fileType": 1, "useLayoutDetection": False, "promptLabel": "ocr"}
+        )
+        return starting, loading, whole_page
+
+    starting, loading, whole_page = scenario(check, ready=False, detector=None)
+    assert "still starting" in error_of(starting, 503)
+    assert "layout model is still loading" in error_of(loading, 503)
+    assert whole_page.status_code == 200
+
+    async def no_model(client, fake, state, app):
+        return await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+
+    assert "no layout model" in error_of(scenario(no_model, detector=None, layout_dir=None), 422)
+
+
+def test_restructure_pages_is_a_clear_501():
+    async def check(client, fake, state, app):
+        restructure = await client.post("/restructure-pages", json={"pages": [{"prunedResult": {}}]})
+        asked = await client.post("/layout-parsing", json={"file": PNG, "fileType": 1, "restructurePages": True})
+        invalid = await client.post("/restructure-pages", json={})
+        return restructure, asked, invalid
+
+    restructure, asked, invalid = scenario(check)
+    assert "not available" in error_of(restructure, 501)
+    assert "restructurePages=false" in error_of(asked, 501)
+    assert json.loads(error_of(invalid, 422))[0]["loc"] == "body.pages"
+
+
+def test_a_client_that_disconnects_frees_its_vlm_slots():
+    async def slow(body):
+        await asyncio.sleep(2)
+        return "late"
+
+    async def check(client, fake, state, app):
+        request = asyncio.create_task(client.post("/layout-parsing", json={"file": PNG, "fileType": 1}))
+        for _ in range(200):
+            if fake.in_flight:
+                break
+            await asyncio.sleep(0.02)
+        request.cancel()
+        vlm = app.state.vlm
+        for _ in range(200):
+            if vlm.slots.in_use == 0 and vlm.slots.waiting == 0 and state.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        metrics = app.state.metrics
+        return vlm.slots.in_use, vlm.slots.waiting, metrics.errors.labels(kind="disconnected")._value.get()
+
+    assert scenario(check, fake=FakeVllm(answer=slow)) == (0, 0, 1)
+
+
+# ---------------------------------------------------------------- health, metrics, docs, drain
+
+
+def test_health_reports_proxy_upstream_and_layout_model():
+    async def check(client, fake, state, app):
+        starting = await client.get("/health")
+        state.mark_ready()
+        ready = await client.get("/health")
+        return starting, ready
+
+    starting, ready = scenario(check, ready=False)
+    assert starting.status_code == 503 and starting.json()["upstream"] == "starting"
+    body = ready.json()
+    assert ready.status_code == 200
+    assert (body["errorCode"], body["errorMsg"], body["upstream"], body["layoutDetector"]) == (0, "Healthy", "ready", "ready")
+
+
+def test_metrics_count_proxy_work_and_include_vllm_metrics():
+    async def check(client, fake, state, app):
+        await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+        await client.get("/v1/models")
+        return (await client.get("/metrics")).text
+
+    text = scenario(check)
+    assert 'vllm_paddle_ocr_proxy_requests_total{endpoint="/layout-parsing",status="200"} 1.0' in text
+    assert "vllm_paddle_ocr_proxy_pages_total 1.0" in text
+    assert 'vllm_paddle_ocr_proxy_blocks_total{label="table"} 1.0' in text
+    assert 'vllm_paddle_ocr_proxy_vlm_requests_total{outcome="ok"}' in text
+    assert "vllm_paddle_ocr_proxy_vlm_request_seconds_bucket" in text
+    assert "vllm_paddle_ocr_proxy_vlm_queue_depth 0.0" in text
+    assert 'vllm_paddle_ocr_proxy_passthrough_requests_total{status="200"} 1.0' in text
+    assert "vllm:num_requests_running 0.0" in text
+
+
+def test_openapi_documents_the_paddlex_endpoints():
+    async def check(client, fake, state, app):
+        return (await client.get("/openapi.json")).json(), await client.get("/docs")
+
+    spec, docs = scenario(check)
+    assert spec["paths"]["/layout-parsing"]["post"]["operationId"] == "infer"
+    request_ref = spec["paths"]["/layout-parsing"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    name = request_ref.rsplit("/", 1)[1]
+    assert "useLayoutDetection" in spec["components"]["schemas"][name]["properties"]
+    assert "/restructure-pages" in spec["paths"]
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+def test_drain_refuses_new_work_and_waits_for_work_in_flight():
+    fake = FakeVllm(answer=answer_by_prompt, delay_s=0.3)
+
+    async def check(client, fake, state, app):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        slow = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        while not fake.in_flight:
+            await asyncio.sleep(0.01)
+        drained = asyncio.create_task(drain(state, 10))
+        await asyncio.sleep(0)
+        refused = await client.get("/v1/models")
+        return (await slow).status_code, refused.status_code, await drained
+
+    assert scenario(check, fake=fake) == (200, 503, True)
