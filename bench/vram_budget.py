@@ -59,8 +59,10 @@ def tensor_shapes() -> dict[str, list[int]]:
     try:
         import torch
         from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
+        from transformers.utils import logging as hf_logging
     except ImportError:
         return {"weights": [PUBLISHED_PARAMETERS]}
+    hf_logging.set_verbosity_error()  # config-default chatter, not about the sizes
     config = PaddleOCRVLConfig(text_config=dict(TEXT), vision_config=dict(VISION), tie_word_embeddings=False)
     with torch.device("meta"):
         model = PaddleOCRVLForConditionalGeneration(config)
