@@ -11,10 +11,18 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import ParsedBlock, p
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.markdown import (
     DEFAULT_MARKDOWN_IGNORE_LABELS,
     MarkdownStyle,
+    blocks_from_pruned,
     chart_table_html,
+    concatenated_pruned,
     formula_with_number,
+    height_levels,
+    merge_tables_across_pages,
+    numbering_level,
     page_markdown,
     pruned_result,
+    restructure_pages,
+    title_levels,
+    title_line_height,
     title_markdown,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import page_options
@@ -86,7 +94,8 @@ def test_page_markdown_prettified() -> None:
         "# Report\n\n### 1.1 Scope\n\nline one\n\nline two\n\n"
         "\n<table border=1 style='margin: auto; word-wrap: break-word;'><tr>"
         "<td style='text-align: center; word-wrap: break-word;'>a</td></tr></table>\n\n"
-        '<div style="text-align: center;"><img src="imgs/img_in_image_box_0_0_200_100.jpg" alt="Image" width="50%" /></div>\n'
+        '<div style="text-align: center;">'
+        '<img src="imgs/img_in_image_box_0_0_200_100.jpg" alt="Image" width="50%" /></div>\n'
         '\n\n<div style="text-align: center;">Figure 1: a cat</div>\n\n\n$$E=mc^2$$'
     )
     assert paths == ["imgs/img_in_image_box_0_0_200_100.jpg"]
@@ -289,3 +298,192 @@ def test_markdown_and_pruned_result_match_paddlex(px_result, page: dict[str, Any
         recognition=style.recognition,
     )
     assert ours == _prune(theirs.json["res"])
+
+
+# ---------------------------------------------------------------- restructuring pages
+
+
+def table(rows: list[list[str]], bbox: tuple[int, int, int, int] = (10, 10, 390, 300)) -> ParsedBlock:
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return pb("table", f"<table>{body}</table>", bbox)
+
+
+def test_blocks_from_pruned_strip_headings_and_restore_some_pictures() -> None:
+    pruned = {
+        "model_settings": {"use_chart_recognition": False},
+        "parsing_res_list": [
+            {
+                "block_label": "paragraph_title",
+                "block_content": "## 1 Intro",
+                "block_bbox": [0, 0, 9, 9],
+                "group_id": 0,
+            },
+            {"block_label": "chart", "block_content": "", "block_bbox": [1, 2, 3, 4], "group_id": 1},
+            {"block_label": "header_image", "block_content": "", "block_bbox": [1, 2, 3, 4], "group_id": 2},
+        ],
+    }
+    blocks = blocks_from_pruned(pruned)
+    assert blocks[0].content == "1 Intro" and blocks[0].group_id == 0
+    assert blocks[1].picture == "imgs/img_in_chart_box_1_2_3_4.jpg" and blocks[2].picture is None
+
+
+def test_a_continued_table_is_merged_without_its_repeated_header() -> None:
+    first = table([["Name", "Qty"], ["a", "1"]])
+    second = table([["Name", "Qty"], ["b", "2"], ["c", "3"]], (12, 5, 392, 200))
+    pages, ids = merge_tables_across_pages([[pb("text", "x"), first, pb("footer", "p1")], [pb("header", "h"), second]])
+    assert pages[0][1].content == (
+        "<table><tr><td>Name</td><td>Qty</td></tr><tr><td>a</td><td>1</td></tr>"
+        "<tr><td>b</td><td>2</td></tr><tr><td>c</td><td>3</td></tr></table>"
+    )
+    assert pages[1][1].content == ""
+    assert ids == [[(0, 0), (1, 1), (2, 2)], [(3, 3), (4, 1)]]
+
+
+def test_tables_continue_over_several_pages() -> None:
+    parts = [table([["h"], [str(k)]]) for k in range(3)]
+    pages, ids = merge_tables_across_pages([[p] for p in parts])
+    assert pages[0][0].content.count("<tr>") == 4 and pages[1][0].content == pages[2][0].content == ""
+    assert [page_ids[0][1] for page_ids in ids] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        [[table([["a", "b"]])], [table([["c", "d"]], (10, 10, 200, 100))]],  # much narrower
+        [[table([["a", "b"]]), pb("text", "after")], [table([["c", "d"]])]],  # text follows the first part
+        [[table([["a", "b"]])], [pb("text", "before"), table([["c", "d"]])]],  # text precedes the second
+        [[table([["a", "b"]])], [table([["c", "d", "e"]])]],  # other columns
+    ],
+)
+def test_tables_that_do_not_continue_stay_apart(pages: list[list[ParsedBlock]]) -> None:
+    merged, ids = merge_tables_across_pages(pages)
+    assert merged == pages and all(g == b for page_ids in ids for b, g in page_ids)
+
+
+@pytest.fixture(scope="module")
+def px_merge():
+    pytest.importorskip("bs4")
+    return pytest.importorskip("paddlex.inference.pipelines.layout_parsing.merge_table")
+
+
+CELL = st.sampled_from(["a", "b", "Ｈ", "1", "x y"])
+
+
+@st.composite
+def table_pages(draw: st.DrawFn) -> list[list[ParsedBlock]]:
+    pages = []
+    header = draw(st.lists(CELL, min_size=1, max_size=3))
+    for _ in range(draw(st.integers(2, 4))):
+        page = []
+        if draw(st.booleans()):
+            page.append(pb(draw(st.sampled_from(["header", "text", "number"])), "h"))
+        width = len(header) + draw(st.sampled_from([0, 0, 0, 1]))
+        rows = ([header] if draw(st.booleans()) else []) + [
+            [draw(CELL) for _ in range(width)] for _ in range(draw(st.integers(1, 3)))
+        ]
+        page.append(table(rows, (10, 10, draw(st.sampled_from([390, 395, 300])), 300)))
+        if draw(st.booleans()):
+            page.append(pb(draw(st.sampled_from(["footer", "text", "footnote"])), "f"))
+        pages.append(page)
+    return pages
+
+
+@settings(max_examples=150, deadline=None)
+@given(table_pages())
+def test_table_merging_matches_paddlex(px_merge, px_result, pages: list[list[ParsedBlock]]) -> None:
+    from bs4 import BeautifulSoup
+
+    objs, n = [], 0
+    for page in pages:
+        row = []
+        for b in page:
+            row.append(
+                px_result.PaddleOCRVLBlock(b.label, list(b.bbox), b.content, global_block_id=n, global_group_id=n)
+            )
+            n += 1
+        objs.append(row)
+    theirs = px_merge.merge_tables_across_pages(objs)
+    ours, ids = merge_tables_across_pages(pages)
+    for page_ours, page_theirs, page_ids in zip(ours, theirs, ids):
+        for b, t, (block_id, group_id) in zip(page_ours, page_theirs, page_ids):
+            assert str(BeautifulSoup(b.content, "html.parser")) == t.content
+            assert (block_id, group_id) == (t.global_block_id, t.global_group_id)
+
+
+@pytest.mark.parametrize(
+    ("title", "style"),
+    [
+        ("1.2 Scope", ("decimal", 2)),
+        ("3 Results", ("decimal", 1)),
+        ("(2) Notes", ("bracketed", 4)),
+        ("IV. Discussion", ("roman", 1)),
+        ("第三章 方法", ("chinese", 1)),
+        ("B. Appendix", ("letter", 2)),
+        ("Introduction", (None, -1)),
+    ],
+)
+def test_numbering_styles(title: str, style: tuple) -> None:
+    assert numbering_level(title) == style
+
+
+def test_height_levels_rank_sizes() -> None:
+    assert height_levels([30, 20, 20, 12]) == {30: 1, 20: 2, 12: 3}
+    levels = height_levels([40, 39, 30, 29, 20, 19, 10, 9])
+    assert levels[40] == levels[39] == 1 and levels[10] == levels[9] == 4
+
+
+def test_relevelled_titles_in_markdown() -> None:
+    pages = [
+        [
+            pb("paragraph_title", "1 Introduction", (0, 0, 300, 30)),
+            pb("paragraph_title", "1.1 Scope", (0, 40, 300, 60)),
+        ],
+        [pb("paragraph_title", "2 Method", (0, 0, 300, 30)), pb("paragraph_title", "Conclusion", (0, 40, 300, 60))],
+    ]
+    out, ids = restructure_pages(pages, merge_tables=False)
+    assert [b.title_level for page in out for b in page] == [1, 2, 1, 1]
+    assert page_markdown(out[0], page_width=WIDTH)[0] == "## 1 Introduction\n\n### 1.1 Scope"
+    assert ids == [[(0, 0), (1, 1)], [(2, 2), (3, 3)]]
+
+
+@pytest.fixture(scope="module")
+def px_title_level():
+    return pytest.importorskip("paddlex.inference.pipelines.layout_parsing.title_level")
+
+
+TITLE = st.sampled_from(
+    ["1 Intro", "1.1 Scope", "1.2.3 Deep", "2 Method", "(1) Note", "IV. Part", "A. Annex", "第二章 方法",
+     "Results", "Conclusion", "Plain heading", "references:"]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(TITLE, st.integers(10, 40), st.integers(50, 300)), min_size=1, max_size=8))
+def test_title_levels_match_paddlex_given_the_same_size_clusters(
+    px_title_level, monkeypatch_module, titles: list[tuple[str, int, int]]
+) -> None:
+    blocks = [pb("paragraph_title", t, (0, 0, w, h)) for t, h, w in titles]
+    monkeypatch_module.setattr(
+        px_title_level, "cluster_global_heights", lambda entries: height_levels([e["height"] for e in entries])
+    )
+    entries = [{"content": b.content, "height": title_line_height(b), "level": None} for b in blocks]
+    expected = [e["level"] for e in px_title_level.compute_levels_for_entries(entries)]
+    assert title_levels(blocks) == expected
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patcher = pytest.MonkeyPatch()
+    yield patcher
+    patcher.undo()
+
+
+def test_concatenated_pruned_result() -> None:
+    settings_ = page_options(InferRequest(file="x")).model_settings()
+    pages = [
+        {"width": 400, "height": 600, "model_settings": settings_, "layout_det_res": {"boxes": [k]}} for k in range(2)
+    ]
+    res = concatenated_pruned(pages, [pb("text", "a"), pb("text", "b")], [(0, 0), (1, 1)])
+    assert res["page_count"] == 2 and res["width"] == 400
+    assert res["layout_det_res"] == [{"boxes": [0]}, {"boxes": [1]}]
+    assert [r["global_block_id"] for r in res["parsing_res_list"]] == [0, 1]
