@@ -60,6 +60,10 @@ def test_block_from_paddlex_box() -> None:
     )
     assert block == Block("text", (1, 2, 30, 40), 0.98, 22, 3)
     assert whole_page_block("ocr", 640, 480).bbox == (0, 0, 640, 480)
+    polygon = block_from_box(
+        {"label": "text", "coordinate": [0, 0, 9, 9], "polygon_points": np.array([[0, 0], [9, 0], [9, 9]])}
+    ).polygon
+    assert polygon == ((0, 0), (9, 0), (9, 9)) and all(type(v) is int for p in polygon for v in p)
 
 
 def test_geometry_helpers() -> None:

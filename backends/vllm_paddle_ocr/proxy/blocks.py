@@ -68,8 +68,14 @@ def block_from_box(box: Mapping[str, Any]) -> Block:
         score=float(box.get("score", 1.0)),
         cls_id=None if box.get("cls_id") is None else int(box["cls_id"]),
         order=box.get("order"),
-        polygon=None if polygon is None else tuple((float(p[0]), float(p[1])) for p in polygon),
+        polygon=None if polygon is None else tuple((_number(p[0]), _number(p[1])) for p in polygon),
     )
+
+
+def _number(value: Any) -> float:
+    """A plain Python number (numpy scalars unwrapped), integers kept as integers."""
+    value = value.item() if hasattr(value, "item") else value
+    return value if isinstance(value, int) else float(value)
 
 
 def whole_page_block(label: str, width: int, height: int) -> Block:
