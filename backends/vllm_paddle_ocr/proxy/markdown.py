@@ -412,7 +412,7 @@ def _same_cells(a: list[tuple[str, int, int]], b: list[tuple[str, int, int]]) ->
     return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
 
 
-def repeated_header_rows(first: _TableRows, second: _TableRows, limit: int = 5) -> int:
+def _repeated_header_rows(first: _TableRows, second: _TableRows, limit: int = 5) -> int:
     """How many leading rows the continuation repeats (same texts and colspans), up to ``limit``."""
     count = 0
     for a, b in zip(first.cells[:limit], second.cells[:limit]):
@@ -447,7 +447,7 @@ def can_merge_tables(prev_page: Sequence[ParsedBlock], prev: int, page: Sequence
         return True
     if not first.cells or not second.cells:
         return False
-    skip = repeated_header_rows(first, second)
+    skip = _repeated_header_rows(first, second)
     if len(second.cells) <= skip:
         return False
     last, data = first.cells[-1], second.cells[skip]
@@ -459,7 +459,7 @@ def merge_table_html(first: str, second: str) -> str:
     a, b = _TableRows(first), _TableRows(second)
     if not a.rows:
         return first
-    skip = repeated_header_rows(a, b)
+    skip = _repeated_header_rows(a, b)
     extra = "".join(second[s:e] for s, e in b.rows[skip:])
     end = a.rows[-1][1]
     return first[:end] + extra + first[end:]
