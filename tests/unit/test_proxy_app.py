@@ -380,3 +380,68 @@ def test_drain_refuses_new_work_and_waits_for_work_in_flight():
         return (await slow).status_code, refused.status_code, await drained
 
     assert scenario(check, fake=fake) == (200, 503, True)
+
+
+# ---------------------------------------------------------------- HTTP/1.1 framing towards the upstream
+
+
+RAW_ANSWERS = {
+    b"/v1/close-delimited": b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nuntil the end",
+    b"/v1/chunked": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+    ),
+    b"/v1/empty": b"HTTP/1.1 204 No Content\r\nx-up: 2\r\n\r\n",
+    b"/v1/hangs-up": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+}
+
+
+async def raw_upstream(handled: list):
+    """An HTTP/1.1 server written by hand, for responses a framework would not produce."""
+
+    async def client(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, path = head.split(b" ")[:2]
+                handled.append((method, path))
+                answer = RAW_ANSWERS[path]
+                if method == b"HEAD":
+                    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"
+                writer.write(answer)
+                await writer.drain()
+                if path in (b"/v1/close-delimited", b"/v1/hangs-up"):
+                    break
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_upstream_framings_are_relayed_exactly():
+    async def main():
+        handled = []
+        server, port = await raw_upstream(handled)
+        app = create_app(settings(f"http://127.0.0.1:{port}"), state=UpstreamState(ready=True))
+        async with server, serve_on_loopback(app) as proxy:
+            async with httpx.AsyncClient(base_url=proxy) as client:
+                results = [
+                    await client.get("/v1/close-delimited"),
+                    await client.get("/v1/chunked"),
+                    await client.get("/v1/empty"),
+                    await client.head("/v1/chunked"),
+                ]
+                # the upstream closes after each of these without saying so: the pool must notice
+                results += [await client.get("/v1/hangs-up") for _ in range(4)]
+        return results, handled
+
+    results, handled = asyncio.run(main())
+    close, chunked, empty, head, *hangs = results
+    assert (close.status_code, close.text) == (200, "until the end")
+    assert (chunked.text, chunked.headers["x-up"]) == ("hello world", "1")
+    assert (empty.status_code, empty.content, empty.headers["x-up"]) == (204, b"", "2")
+    assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "11")
+    assert [r.text for r in hangs] == ["ok"] * 4
+    assert handled.count((b"GET", b"/v1/hangs-up")) == 4

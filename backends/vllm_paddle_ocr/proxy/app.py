@@ -77,7 +77,6 @@ def create_app(
     detector: Optional[LayoutDetector] = None,
     vlm: Optional[VlmClient] = None,
     visualize_default: bool = VISUALIZE_DEFAULT,
-    upstream_transport: Optional[httpx.AsyncBaseTransport] = None,
 ) -> ProxyApp:
     """The proxy for one vLLM, from ProxySettings; the supervisor flips `state` as vLLM comes and goes."""
     state = state if state is not None else UpstreamState()
@@ -86,7 +85,7 @@ def create_app(
     metrics = ProxyMetrics()
     own_vlm = vlm is None
     vlm_client = vlm or VlmClient(settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics)
-    passthrough = Passthrough(settings.upstream_url, state, metrics, transport=upstream_transport)
+    passthrough = Passthrough(settings.upstream_url, state, metrics)
     handlers = _Handlers(settings, state, metrics, vlm_client, passthrough, visualize_default)
 
     @contextlib.asynccontextmanager

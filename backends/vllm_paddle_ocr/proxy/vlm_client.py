@@ -12,6 +12,7 @@ from typing import Any, Hashable
 import httpx
 from PIL import Image
 
+from .http_pool import KeepAliveTransport
 from .metrics import ProxyMetrics
 from .options import VlmOptions
 from .prompts import Kind
@@ -140,10 +141,9 @@ class VlmClient:
         self._metrics = metrics
         self._url = base_url.rstrip("/") + "/v1/chat/completions"
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             trust_env=False,
-            transport=transport,
+            transport=transport or KeepAliveTransport(concurrency),
         )
 
     async def aclose(self) -> None:
