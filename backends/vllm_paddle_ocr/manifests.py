@@ -391,7 +391,7 @@ def render_manifests(runtimes: Mapping[str, Runtime], entries: list[CatalogEntry
         + _dump(catalog_2x(runtimes, entries, default_variant, MODEL_SCOPE)),
         PATHS["backend"]: HEADER
         + "# GPUStack 2.x: POST /v2/inference-backends/from-yaml with {\"content\": <this file>}, or paste it\n"
-        + "# into Resources > Inference Backends > Add Backend > YAML.\n"
+        + "# into the console's Inference Backends page (add a backend in YAML mode).\n"
         + _dump(backend_document(runtime, own, variants)),
         PATHS["dockerfile"]: dockerfile(deployment, package_version),
         PATHS["compose"]: HEADER
