@@ -87,7 +87,10 @@ def test_each_block_gets_its_prompt_and_the_page_is_assembled():
     assert blocks["display_formula"]["block_content"] == " $$ E=mc^2 $$ "
     assert blocks["image"]["block_content"] == ""
     assert [b["block_order"] for b in pruned["parsing_res_list"]] == [None, 1, 2, 3, None, None, None]
-    assert len(pruned["layout_det_res"]["boxes"]) == 7
+    boxes = pruned["layout_det_res"]["boxes"]
+    assert len(boxes) == 7
+    assert boxes[0] == {"cls_id": 12, "label": "header", "score": 0.9, "coordinate": [40, 10, 760, 40], "order": None}
+    assert boxes[1]["order"] == 1 and "polygon_points" not in boxes[1]
     assert (pruned["width"], pruned["height"], page.size) == (800, 1000, (800, 1000))
     markdown = page.result["markdown"]
     assert markdown["text"].startswith("# Plain words\n\nPlain words")
@@ -207,3 +210,24 @@ def test_layout_drawing_marks_every_box():
     assert drawn.getpixel((20, 100)) != (255, 255, 255)
     assert drawn.getpixel((100, 100)) == (255, 255, 255)
     assert page.getpixel((20, 100)) == (255, 255, 255)  # the page itself is untouched
+
+
+def test_polygon_boxes_are_cropped_and_reported_as_lists():
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import LayoutBox
+
+    class PolygonDetector:
+        labels = ()
+
+        def detect(self, image, options=None):
+            triangle = ((100.0, 100.0), (500.0, 100.0), (100.0, 400.0))
+            return [LayoutBox(22, "text", 0.8, (100, 100, 500, 400), 1, triangle)]
+
+    black_page = open_document(png_bytes(Image.new("RGB", (800, 1000), "black")), "IMAGE", LIMITS)
+    (page,), fake = run(black_page, options_for("1.5"), detector=PolygonDetector())
+    pruned = page.result["prunedResult"]
+    assert pruned["layout_det_res"]["boxes"][0]["polygon_points"] == [[100.0, 100.0], [500.0, 100.0], [100.0, 400.0]]
+    assert pruned["parsing_res_list"][0]["block_polygon_points"][1] == [500.0, 100.0]
+    sent = decoded(fake.bodies[0]["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1]).convert("RGB")
+    assert sent.size == (400, 300)
+    assert min(sent.getpixel((390, 290))) > 225  # outside the polygon: whitened
+    assert max(sent.getpixel((10, 10))) < 30  # inside: the page as it is

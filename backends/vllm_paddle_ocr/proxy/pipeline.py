@@ -14,7 +14,7 @@ import dataclasses
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Hashable, Mapping, Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -34,9 +34,10 @@ from .blocks import (
 )
 from .errors import ProxyError, UpstreamError
 from .inputs import Document, render_page
+from .layout_detector import LayoutDetector
 from .markdown import MarkdownStyle, page_markdown, pruned_result
 from .metrics import ProxyMetrics
-from .options import LayoutOptions, RequestOptions, skip_special_tokens_for
+from .options import RequestOptions, skip_special_tokens_for
 from .postprocess import parse_spotting, postprocess_block_text, spotting_upscale
 from .vlm_client import VlmClient, VlmError, jpeg_data_url
 
@@ -47,14 +48,6 @@ log = logging.getLogger("vllm_paddle_ocr.proxy")
 OUTPUT_IMAGE_MAX = (2000, 2000)
 OUTPUT_JPEG_QUALITY = 95
 MAX_PAGES_IN_FLIGHT = 16
-
-
-class LayoutDetector(Protocol):
-    """The layout model: boxes in reading order, each like paddlex's (`label`, `coordinate`, ...)."""
-
-    def detect(self, image: Image.Image, options: LayoutOptions) -> Sequence[Any]:
-        """Boxes found on one page image."""
-        ...
 
 
 class DetectionError(ProxyError):
@@ -95,7 +88,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def box_dict(box: Any) -> dict[str, Any]:
-    """A detector's box as the dict paddlex writes in `layout_det_res.boxes`."""
+    """A detector's box (LayoutBox, or a paddlex-style mapping) as paddlex writes it in `layout_det_res.boxes`."""
     if isinstance(box, Mapping):
         data = dict(box)
     elif hasattr(box, "model_dump"):
@@ -104,7 +97,8 @@ def box_dict(box: Any) -> dict[str, Any]:
         data = dataclasses.asdict(box)
     else:
         raise TypeError(f"a layout box must be a mapping, a pydantic model or a dataclass, got {type(box).__name__}")
-    return {k: v for k, v in _jsonable(data).items() if v is not None}
+    # paddlex writes `order` even when it is null, and `polygon_points` only when there are some.
+    return {k: v for k, v in _jsonable(data).items() if v is not None or k == "order"}
 
 
 def _use_polygons(options: RequestOptions) -> bool:
