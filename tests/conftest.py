@@ -73,13 +73,29 @@ def tiny_layout_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory, tiny_layout_dir) -> Path:
-    """A tiny random-weight PaddleOCR-VL repo laid out like the real one (VLM at root + PP-DocLayoutV2/)."""
+def tiny_vlm_files(tmp_path_factory) -> Path:
+    """The tiny random-weight PaddleOCR-VL files, built once per run and copied into each repo."""
+    from tests.fixtures.tiny_vlm import write_tiny_vlm_files
+
+    return write_tiny_vlm_files(tmp_path_factory.mktemp("vlm") / "PaddleOCR-VL")
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, tiny_vlm_files, tiny_layout_dir) -> Path:
+    """A tiny PaddleOCR-VL repo laid out like the real one: the VLM at the root and PP-DocLayoutV2/."""
     from tests.fixtures.tiny_vlm import build_tiny_paddleocr_vl
 
     return build_tiny_paddleocr_vl(
-        tmp_path_factory.mktemp("repo") / "PaddleOCR-VL", layout="root", with_layout_model_dir=tiny_layout_dir
+        tmp_path_factory.mktemp("repo") / "PaddleOCR-VL", prebuilt=tiny_vlm_files, with_layout_model_dir=tiny_layout_dir
     )
+
+
+@pytest.fixture(scope="session")
+def bare_repo(tmp_path_factory, tiny_vlm_files) -> Path:
+    """The tiny VLM without a layout model: lifecycle tests need only vLLM and start faster."""
+    from tests.fixtures.tiny_vlm import build_tiny_paddleocr_vl
+
+    return build_tiny_paddleocr_vl(tmp_path_factory.mktemp("bare") / "PaddleOCR-VL", prebuilt=tiny_vlm_files)
 
 
 class Served:

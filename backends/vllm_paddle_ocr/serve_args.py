@@ -10,6 +10,7 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .sizes import parse_size
+from .vram import DEFAULT_MARGIN
 
 _NEGATIVE_NUMBER = re.compile(r"^-\d+(\.\d+)?$")
 
@@ -97,7 +98,7 @@ class ServeRequest(BaseModel):
     concurrency: int | None = None
     gpu_total_bytes: int | None = None
     gpu_free_bytes: int | None = None
-    vram_margin: float = 0.02
+    vram_margin: float = DEFAULT_MARGIN
     upstream_port: int | None = None
     max_body_bytes: int = 200 * 1024**2
     max_pages: int = 1000
@@ -165,7 +166,7 @@ OWN_OPTIONS: tuple[OwnOption, ...] = (
     OwnOption("--concurrency", "concurrency", _positive_int, "Target in-flight block requests; sizes the KV cache and the proxy's bound.", metavar="N"),
     OwnOption("--gpu-total", "gpu_total_bytes", parse_size, "Plan for a card of this size (e.g. 80GiB) instead of reading NVML.", metavar="SIZE"),
     OwnOption("--gpu-free", "gpu_free_bytes", parse_size, "Free memory to plan with (default: all of --gpu-total).", metavar="SIZE"),
-    OwnOption("--vram-margin", "vram_margin", _fraction, "Fraction of the card added to the budget as a safety margin (default 0.02).", metavar="FRACTION"),
+    OwnOption("--vram-margin", "vram_margin", _fraction, f"Safety margin as a share of the estimated need (default {DEFAULT_MARGIN}).", metavar="FRACTION"),
     OwnOption("--upstream-port", "upstream_port", _int, "Loopback port for vLLM (default: a free port).", metavar="PORT"),
     OwnOption("--max-body-size", "max_body_bytes", parse_size, "Largest /layout-parsing request body (default 200MiB).", metavar="SIZE"),
     OwnOption("--max-pages", "max_pages", _positive_int, "Most PDF pages one request may carry; more is a 413, never a silent cut (default 1000).", metavar="N"),

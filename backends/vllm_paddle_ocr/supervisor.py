@@ -25,6 +25,7 @@ log = logging.getLogger("vllm_paddle_ocr.supervisor")
 
 TAIL_LINES = 40
 KILL_WAIT_S = 3.0
+WATCH_INTERVAL_S = 0.2
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -186,7 +187,10 @@ class Supervisor:
     async def watch_vllm(self) -> None:
         """When vLLM dies on its own, mark the upstream failed and stop."""
         assert self.proc is not None
-        code = await self.proc.wait()
+        # Not proc.wait(): it also waits for the pipes, which vLLM's orphaned children keep open.
+        while self.proc.returncode is None:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+        code = self.proc.returncode
         if self.stopping.is_set():
             return
         self.exit_code = code or 1
@@ -219,7 +223,11 @@ async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -
     from .proxy.state import UpstreamState
 
     _libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    sock = bind_socket(plan.proxy.host, plan.proxy.port)
+    try:
+        sock = bind_socket(plan.proxy.host, plan.proxy.port)
+    except StartupFailed as exc:
+        sys.stderr.write(f"vllm_paddle_ocr serve: error: {exc}\n")
+        return 1
     sup = Supervisor(plan)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

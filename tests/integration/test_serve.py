@@ -1,0 +1,177 @@
+"""`vllm_paddle_ocr serve` run exactly as GPUStack runs it, against the real vLLM on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import start_serve
+from tests.fixtures.documents import make_page_image, png_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def image_message(text: str = "OCR:") -> list[dict]:
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(make_page_image(224, 112))).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]
+
+
+def chat(url: str, model: str, **extra) -> httpx.Response:
+    body = {"model": model, "messages": image_message(), "max_completion_tokens": 8, "temperature": 0, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    living = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                living.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return living
+
+
+def vllm_process(serve_pid: int) -> psutil.Process:
+    """The API server vLLM runs as the supervisor's direct child."""
+    children = psutil.Process(serve_pid).children()
+    (api,) = [c for c in children if "vllm.entrypoints.openai.api_server" in " ".join(c.cmdline())]
+    return api
+
+
+def test_models_is_503_until_warm_then_200(served):
+    assert served.statuses[-1] == 200
+    assert 503 in served.statuses, f"never saw 503 while starting: {served.statuses}"
+    names = [m["id"] for m in httpx.get(f"{served.url}/v1/models").json()["data"]]
+    assert names[0] == "ocr-test"
+
+
+@pytest.mark.parametrize("model", ["ocr-test", "PaddleOCR-VL-0.9B"])
+def test_chat_with_an_image_under_the_name_and_the_alias(served, model):
+    answer = chat(served.url, model)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == model
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["prompt_tokens"] > 4  # the image's tokens went through the engine
+
+
+def test_paddlex_style_request_with_mm_processor_kwargs(served):
+    answer = chat(served.url, "PaddleOCR-VL-0.9B", mm_processor_kwargs={"min_pixels": 112896, "max_pixels": 1003520},
+                  skip_special_tokens=True)
+    assert answer.status_code == 200, answer.text
+
+
+def test_streaming_comes_back_as_sse_chunks_ending_with_done(served):
+    body = {"model": "ocr-test", "messages": image_message(), "max_completion_tokens": 8, "stream": True}
+    events = []
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=120) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) >= 2
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_health_reports_proxy_and_upstream(served):
+    answer = httpx.get(f"{served.url}/health")
+    assert answer.status_code == 200
+    assert answer.json()["errorCode"] == 0
+
+
+def test_vllm_output_is_prefixed_into_ours(served):
+    assert "[vllm] " in served.output()
+
+
+def test_sigterm_drains_in_flight_then_exits_0_with_no_process_left(bare_repo, cpu_env, tmp_path):
+    server = start_serve(bare_repo, cpu_env, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        procs = tree(server.proc.pid)
+        assert len(procs) >= 2
+        result: dict = {}
+
+        def long_request() -> None:
+            body = {"model": "ocr-test", "messages": image_message(), "max_completion_tokens": 200,
+                    "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as answer:
+                result["status"] = answer.status_code
+                result["lines"] = [line for line in answer.iter_lines() if line]
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=90) == 0, server.output()[-3000:]
+        worker.join(timeout=30)
+        assert result.get("status") == 200
+        assert result["lines"][-1] == "data: [DONE]", "the in-flight request was cut off"
+        assert alive(procs) == []
+    finally:
+        server.stop()
+
+
+def test_kill_9_of_vllm_ends_serve_nonzero_within_5_s_without_orphans(bare_repo, cpu_env, tmp_path):
+    server = start_serve(bare_repo, cpu_env, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        procs = tree(server.proc.pid)
+        os.kill(vllm_process(server.proc.pid).pid, signal.SIGKILL)
+        started = time.monotonic()
+        code = server.proc.wait(timeout=30)
+        took = time.monotonic() - started
+        assert code != 0
+        assert took <= 5.0, f"serve took {took:.1f} s to exit after vLLM died"
+        time.sleep(0.5)
+        assert alive(procs) == []
+        assert "vLLM exited with code" in server.output()
+    finally:
+        server.stop()
+
+
+def test_bad_vllm_flag_exits_nonzero_showing_vllms_error(bare_repo, cpu_env, tmp_path):
+    server = start_serve(bare_repo, cpu_env, tmp_path / "serve.log", "--no-such-vllm-flag", "1")
+    try:
+        code = server.proc.wait(timeout=300)
+        output = server.output()
+        assert code != 0
+        tail = output[output.index("vllm_paddle_ocr serve: error:"):]
+        assert "--no-such-vllm-flag" in tail  # vLLM's own complaint, in the last lines
+    finally:
+        server.stop()
+
+
+def test_taken_port_fails_fast_and_clearly(bare_repo, cpu_env, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exe = str(Path(os.sys.executable).parent / "vllm_paddle_ocr")
+        import subprocess
+
+        out = subprocess.run([exe, "serve", str(bare_repo), "--host", "127.0.0.1", "--port", str(port)],
+                             capture_output=True, text=True, timeout=120, env=cpu_env)
+    assert out.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "vllm.entrypoints" not in out.stdout  # vLLM was never started
