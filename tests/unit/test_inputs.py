@@ -179,3 +179,20 @@ def test_urls_are_recognised_and_typed_by_their_file_name():
     with pytest.raises(InputError) as info:
         kind_from_url("https://example.com/report.docx")
     assert info.value.message == FILE_TYPE_UNSUPPORTED
+
+
+def test_pdf_pages_keep_their_colours():
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument.new()
+    page = pdf.new_page(100, 100)
+    picture = pdfium.PdfImage.new(pdf)
+    picture.load_jpeg(io.BytesIO(jpeg_bytes(Image.new("RGB", (50, 50), (255, 0, 0)))), inline=True)
+    picture.set_matrix(pdfium.PdfMatrix().scale(100, 100))
+    page.insert_obj(picture)
+    page.gen_content()
+    page.close()
+    out = io.BytesIO()
+    pdf.save(out)
+    red, green, blue = render_page(open_document(out.getvalue(), "PDF", LIMITS), 0).getpixel((100, 100))
+    assert red > 240 and green < 15 and blue < 15

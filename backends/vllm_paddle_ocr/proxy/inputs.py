@@ -228,7 +228,7 @@ class PdfDocument:
         with _PDFIUM_LOCK:
             page = self._pdf.get_page(index)  # type: ignore[attr-defined]
             try:
-                bitmap = page.render(scale=self._scales[index], rotation=0)
+                bitmap = page.render(scale=self._scales[index], rotation=0, rev_byteorder=True)
                 image = bitmap.to_pil()
             finally:
                 page.close()
