@@ -21,6 +21,8 @@ CPU_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
+    # Load only this package's vLLM plugin: paddlex's own one fails noisily in every vLLM process.
+    "VLLM_PLUGINS": "paddle_ocr_vl",
 }
 # vLLM flags that make the tiny model start quickly on two CPU cores.
 CPU_VLLM_FLAGS = ["--dtype", "float32", "--enforce-eager"]

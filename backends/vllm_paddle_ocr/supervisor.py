@@ -152,11 +152,7 @@ class Supervisor:
         payload = warmup_payload(self.plan.proxy.served_model_name)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0)) as client:
             healthy = False
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise StartupFailed(
-                        f"vLLM exited with code {self.proc.returncode} during start-up. Its last lines:\n{self.last_lines()}"
-                    )
+            while time.monotonic() < deadline:  # a death is reported by watch_vllm, which stops us
                 try:
                     if not healthy:
                         healthy = (await client.get(f"{url}/health")).status_code == 200
@@ -196,7 +192,10 @@ class Supervisor:
         self.exit_code = code or 1
         if self.state is not None:
             self.state.mark_failed(f"vLLM exited with code {code}")
-        sys.stderr.write(f"vllm_paddle_ocr: vLLM exited with code {code}. Its last lines:\n{self.last_lines()}\n")
+        when = "while serving" if self.state is not None and self.state.ready else "during start-up"
+        sys.stderr.write(
+            f"vllm_paddle_ocr serve: error: vLLM exited with code {code} {when}. Its last lines:\n{self.last_lines()}\n"
+        )
         self.stopping.set()
 
     def stop_vllm(self) -> None:
