@@ -283,16 +283,48 @@ def test_layout_parsing_needs_a_ready_upstream_and_a_layout_model():
     assert "no layout model" in error_of(scenario(no_model, detector=None, layout_dir=None), 422)
 
 
-def test_restructure_pages_is_a_clear_501():
-    async def check(client, fake, state, app):
-        restructure = await client.post("/restructure-pages", json={"pages": [{"prunedResult": {}}]})
-        asked = await client.post("/layout-parsing", json={"file": PNG, "fileType": 1, "restructurePages": True})
-        invalid = await client.post("/restructure-pages", json={})
-        return restructure, asked, invalid
+def test_restructure_pages_merges_a_table_continued_on_the_next_page():
+    schema = load_paddlex_serving_schema()
+    one_table = ((21, "table", (0.05, 0.10, 0.95, 0.90)),)
+    pdf = base64.b64encode(make_pdf(2)).decode()
 
-    restructure, asked, invalid = scenario(check)
-    assert "not available" in error_of(restructure, 501)
-    assert "restructurePages=false" in error_of(asked, 501)
+    async def check(client, fake, state, app):
+        parsed = await client.post("/layout-parsing", json={"file": pdf, "visualize": False, "restructurePages": True})
+        plain = await client.post("/layout-parsing", json={"file": pdf, "visualize": False})
+        pages = [
+            {"prunedResult": p["prunedResult"], "markdownImages": p["markdown"].get("images")}
+            for p in plain.json()["result"]["layoutParsingResults"]
+        ]
+        joined = await client.post("/restructure-pages", json={"pages": pages, "concatenatePages": True})
+        separate = await client.post("/restructure-pages", json={"pages": pages, "mergeTables": False})
+        broken = await client.post("/restructure-pages", json={"pages": [{"prunedResult": {"width": 1}}]})
+        invalid = await client.post("/restructure-pages", json={})
+        return parsed, joined, separate, broken, invalid
+
+    calls = []
+
+    async def distinct_rows(body):
+        calls.append(1)
+        return f"<fcel>row{len(calls)}a<fcel>row{len(calls)}b<nl>"
+
+    fake = FakeVllm(answer=distinct_rows)
+    parsed, joined, separate, broken, invalid = scenario(check, fake=fake, detector=FakeDetector(one_table))
+    assert parsed.status_code == 200, parsed.text[:500]
+    schema.infra_models.AIStudioResultResponse[schema.InferResult].model_validate(parsed.json())
+    first, second = (p["prunedResult"]["parsing_res_list"][0] for p in parsed.json()["result"]["layoutParsingResults"])
+    assert first["block_content"].count("<tr>") == 2 and second["block_content"] == ""
+    assert (first["global_block_id"], second["global_block_id"], second["global_group_id"]) == (0, 1, 0)
+
+    assert joined.status_code == 200, joined.text[:500]
+    schema.infra_models.AIStudioResultResponse[schema.RestructurePagesResult].model_validate(joined.json())
+    (whole,) = joined.json()["result"]["layoutParsingResults"]
+    assert whole["prunedResult"]["page_count"] == 2
+    assert len(whole["prunedResult"]["parsing_res_list"]) == 2
+    assert whole["markdown"]["text"].count("<table") == 1
+
+    tables = [p["prunedResult"]["parsing_res_list"][0]["block_content"] for p in separate.json()["result"]["layoutParsingResults"]]
+    assert [t.count("<tr>") for t in tables] == [1, 1]
+    assert "pages[0].prunedResult is not a PaddleX prunedResult" in error_of(broken, 422)
     assert json.loads(error_of(invalid, 422))[0]["loc"] == "body.pages"
 
 

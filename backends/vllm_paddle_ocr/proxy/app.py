@@ -20,7 +20,6 @@ from .errors import (
     INTERNAL_ERROR_MESSAGE,
     InputError,
     LimitExceeded,
-    NotSupported,
     ProxyError,
     UpstreamError,
     error_body,
@@ -33,7 +32,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ProxyMetrics
 from .options import OptionsError, RequestOptions, request_options
 from .passthrough import Passthrough
-from .pipeline import LayoutDetector, LayoutPipeline
+from .pipeline import LayoutDetector, LayoutPipeline, restructure_outputs, restructure_pruned_pages
 from .schemas import (
     INFER_ENDPOINT,
     RESTRUCTURE_PAGES_ENDPOINT,
@@ -209,7 +208,7 @@ class _Handlers:
         return await self._answer(request, INFER_ENDPOINT, self._layout_parsing)
 
     async def restructure_pages(self, request: Request) -> Response:
-        """POST /restructure-pages: not provided by this server yet (a clear 501)."""
+        """POST /restructure-pages: tables merged across pages and titles re-levelled, PaddleX's shape."""
         return await self._answer(request, RESTRUCTURE_PAGES_ENDPOINT, self._restructure_pages)
 
     async def _answer(self, request: Request, endpoint: str, handler: Any) -> Response:
@@ -320,8 +319,6 @@ class _Handlers:
         log_id = infer.logId or new_log_id()
         context["log_id"] = log_id
         options = self._options(infer)
-        if options.page.restructure_pages:
-            raise NotSupported(_RESTRUCTURE_MISSING)
         self._ensure_upstream()
         detector = self._detector_for(options)
         data, declared = await self._file_bytes(infer)
@@ -333,6 +330,16 @@ class _Handlers:
             info = data_info(document, [output.size for output in outputs])
         finally:
             await asyncio.to_thread(document.close)
+        page = options.page
+        if page.restructure_pages:
+            await asyncio.to_thread(
+                restructure_outputs,
+                outputs,
+                merge_tables=page.merge_tables,
+                relevel_titles=page.relevel_titles,
+                prettify=page.prettify_markdown,
+                show_formula_number=page.show_formula_number,
+            )
         answer = {
             "logId": log_id,
             "result": {"layoutParsingResults": [output.result for output in outputs], "dataInfo": info},
@@ -343,8 +350,25 @@ class _Handlers:
 
     async def _restructure_pages(self, request: Request, context: dict[str, Any]) -> Response:
         payload = await self._read_json(request, context)
-        self._validate(RestructurePagesRequest, payload)
-        raise NotSupported(_RESTRUCTURE_MISSING)
+        body = self._validate(RestructurePagesRequest, payload)
+        log_id = body.logId or new_log_id()
+        context["log_id"] = log_id
+        if body.outputFormats:
+            error = {"type": "value_error", "loc": "body.outputFormats",
+                     "msg": "Value error, `outputFormats` (document exports) is not supported by this server; leave it out"}
+            raise InputError(json.dumps([error]))
+        results = await asyncio.to_thread(
+            restructure_pruned_pages,
+            [(page.prunedResult, page.markdownImages) for page in body.pages],
+            merge_tables=body.mergeTables,
+            relevel_titles=body.relevelTitles,
+            concatenate=body.concatenatePages,
+            prettify=body.prettifyMarkdown,
+            show_formula_number=body.showFormulaNumber,
+            return_images=body.returnMarkdownImages,
+        )
+        answer = {"logId": log_id, "result": {"layoutParsingResults": results}, "errorCode": 0, "errorMsg": "Success"}
+        return Response(await asyncio.to_thread(_dump, answer), media_type="application/json")
 
     # -- documentation -------------------------------------------------------------------------
     async def openapi(self, request: Request) -> Response:
@@ -354,12 +378,6 @@ class _Handlers:
     async def docs(self, request: Request) -> Response:
         """Swagger UI over /openapi.json."""
         return HTMLResponse(_SWAGGER_PAGE)
-
-
-_RESTRUCTURE_MISSING = (
-    "Restructuring pages (merging tables across pages, re-levelling titles) is not available on this server "
-    "yet; call /layout-parsing with restructurePages=false"
-)
 
 
 def _dump(answer: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .blocks import (
     Block,
     PagePlan,
+    ParsedBlock,
     Task,
     block_from_box,
     crop,
@@ -32,13 +33,22 @@ from .blocks import (
     trim_formula_margin,
     whole_page_block,
 )
-from .errors import ProxyError, UpstreamError
+from .errors import InputError, ProxyError, UpstreamError
 from .inputs import Document, render_page
 from .layout_detector import LayoutDetector
-from .markdown import MarkdownStyle, page_markdown, pruned_result
+from .markdown import (
+    DEFAULT_MARKDOWN_IGNORE_LABELS,
+    MarkdownStyle,
+    blocks_from_pruned,
+    concatenated_pruned,
+    page_markdown,
+    pruned_result,
+    restructure_pages,
+)
 from .metrics import ProxyMetrics
 from .options import RequestOptions, skip_special_tokens_for
 from .postprocess import parse_spotting, postprocess_block_text, spotting_upscale
+from .prompts import Recognition
 from .vlm_client import VlmClient, VlmError, jpeg_data_url
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -70,10 +80,13 @@ class PreparedPage:
 
 @dataclass(frozen=True)
 class PageOutput:
-    """One entry of `layoutParsingResults` (null fields already left out) and the page's size."""
+    """One entry of `layoutParsingResults` (null fields already left out), the page's size, and the
+    blocks and context it was written from (for restructuring across pages)."""
 
     result: dict[str, Any]
     size: tuple[int, int]
+    blocks: tuple[ParsedBlock, ...] = ()
+    context: Optional["PageContext"] = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -206,6 +219,64 @@ def draw_layout(page: Image.Image, boxes: Sequence[Mapping[str, Any]]) -> Image.
     return out
 
 
+@dataclass(frozen=True)
+class PageContext:
+    """What a page's prunedResult and markdown are written from, besides its blocks."""
+
+    width: int
+    height: int
+    model_settings: Mapping[str, Any]
+    layout_boxes: Optional[list[Any]] = None
+    spotting: Optional[dict[str, Any]] = None
+    page_count: Optional[int] = None
+    doc_preprocessor: Optional[Mapping[str, Any]] = None
+    figure_paths: tuple[str, ...] = ()
+
+    @property
+    def recognition(self) -> Recognition:
+        settings = self.model_settings
+        return Recognition(
+            bool(settings.get("use_chart_recognition", False)),
+            bool(settings.get("use_seal_recognition", False)),
+            bool(settings.get("use_ocr_for_image_block", False)),
+        )
+
+
+def write_page(
+    blocks: Sequence[ParsedBlock],
+    context: PageContext,
+    *,
+    prettify: bool,
+    show_formula_number: bool,
+    global_ids: Optional[Sequence[tuple[int, int]]] = None,
+) -> tuple[dict[str, Any], str, list[str]]:
+    """A page's prunedResult, markdown text and the picture paths its markdown comes with."""
+    settings = context.model_settings
+    use_layout = bool(settings.get("use_layout_detection", True))
+    recognition = context.recognition
+    markdown_text, paths = page_markdown(
+        blocks,
+        page_width=context.width,
+        style=MarkdownStyle(prettify, recognition, use_layout),
+        ignore_labels=settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
+        show_formula_number=show_formula_number,
+        figure_paths=context.figure_paths,
+    )
+    pruned = pruned_result(
+        blocks,
+        width=context.width,
+        height=context.height,
+        model_settings=settings,
+        layout_boxes=context.layout_boxes if use_layout else None,
+        page_count=context.page_count,
+        spotting=context.spotting,
+        doc_preprocessor=context.doc_preprocessor,
+        recognition=recognition,
+        global_ids=global_ids,
+    )
+    return pruned, markdown_text, paths
+
+
 def assemble_page(
     prepared: PreparedPage, texts: Sequence[str], options: RequestOptions, *, visualize: bool
 ) -> PageOutput:
@@ -221,57 +292,128 @@ def assemble_page(
             text, spotting = parse_spotting(text, *crop_size(block.bbox, width, height))
         contents[position] = text
     parsed = finish_page(plan, contents)
-
-    style = MarkdownStyle(settings.prettify_markdown, settings.recognition, settings.use_layout_detection)
-    markdown_text, paths = page_markdown(
-        parsed,
-        page_width=width,
-        style=style,
-        ignore_labels=settings.markdown_ignore_labels,
-        show_formula_number=settings.show_formula_number,
-        figure_paths=[figure.path for figure in plan.figures],
+    context = PageContext(
+        width,
+        height,
+        settings.model_settings(),
+        layout_boxes=prepared.boxes,
+        spotting=_jsonable(spotting) if spotting else None,
+        figure_paths=tuple(figure.path for figure in plan.figures),
+    )
+    pruned, markdown_text, paths = write_page(
+        parsed, context, prettify=settings.prettify_markdown, show_formula_number=settings.show_formula_number
     )
     markdown: dict[str, Any] = {"text": markdown_text}
     if settings.return_markdown_images:
-        boxes_by_path = {figure.path: figure.bbox for figure in plan.figures}
-        boxes_by_path.update({b.picture: b.bbox for b in parsed if b.picture is not None})
-        use_polygons = _use_polygons(options)
-        polygons = {b.picture: b for b in parsed if b.picture is not None}
-        images: dict[str, str] = {}
-        for path in paths:
-            if path in polygons:
-                picture = crop(page, _block_of(polygons[path]), use_polygon=use_polygons)
-            elif path in boxes_by_path:
-                picture = page.crop(boxes_by_path[path])
-            else:
-                continue
-            images[path] = jpeg_base64(picture)
-        markdown["images"] = images
-
-    result: dict[str, Any] = {
-        "prunedResult": pruned_result(
-            parsed,
-            width=width,
-            height=height,
-            model_settings=settings.model_settings(),
-            layout_boxes=prepared.boxes if settings.use_layout_detection else None,
-            page_count=None,
-            spotting=_jsonable(spotting) if spotting else None,
-            recognition=settings.recognition,
-        ),
-        "markdown": markdown,
-    }
+        markdown["images"] = _markdown_images(page, parsed, plan, paths, _use_polygons(options))
+    result: dict[str, Any] = {"prunedResult": pruned, "markdown": markdown}
     if visualize:
         output_images = {}
         if settings.use_layout_detection:
             output_images["layout_det_res"] = jpeg_base64(draw_layout(page, prepared.boxes))
         result["outputImages"] = output_images
         result["inputImage"] = jpeg_base64(page)
-    return PageOutput(result, (width, height))
+    return PageOutput(result, (width, height), tuple(parsed), context)
 
 
-def _block_of(parsed: Any) -> Block:
-    return Block(label=parsed.label, bbox=parsed.bbox, polygon=parsed.polygon)
+def _markdown_images(
+    page: Image.Image, parsed: Sequence[ParsedBlock], plan: PagePlan, paths: Sequence[str], use_polygons: bool
+) -> dict[str, str]:
+    """`markdown.images`: each picture path of the page's markdown mapped to its JPEG."""
+    figures = {figure.path: figure.bbox for figure in plan.figures}
+    blocks = {b.picture: b for b in parsed if b.picture is not None}
+    images: dict[str, str] = {}
+    for path in paths:
+        if path in blocks:
+            b = blocks[path]
+            picture = crop(page, Block(label=b.label, bbox=b.bbox, polygon=b.polygon), use_polygon=use_polygons)
+        elif path in figures:
+            picture = page.crop(figures[path])
+        else:
+            continue
+        images[path] = jpeg_base64(picture)
+    return images
+
+
+# ---------------------------------------------------------------- restructuring pages
+
+
+def restructure_outputs(
+    outputs: Sequence[PageOutput], *, merge_tables: bool, relevel_titles: bool, prettify: bool, show_formula_number: bool
+) -> None:
+    """restructurePages on /layout-parsing: tables merged across pages, titles re-levelled, in place."""
+    pages, ids = restructure_pages([o.blocks for o in outputs], merge_tables=merge_tables, relevel=relevel_titles)
+    for output, blocks, page_ids in zip(outputs, pages, ids):
+        pruned, text, _ = write_page(
+            blocks, output.context, prettify=prettify, show_formula_number=show_formula_number, global_ids=page_ids
+        )
+        output.result["prunedResult"] = pruned
+        output.result["markdown"]["text"] = text
+
+
+def _context_from_pruned(pruned: Mapping[str, Any]) -> PageContext:
+    layout = pruned.get("layout_det_res")
+    return PageContext(
+        int(pruned["width"]),
+        int(pruned["height"]),
+        dict(pruned.get("model_settings") or {}),
+        layout_boxes=list(layout.get("boxes") or []) if isinstance(layout, Mapping) else None,
+        spotting=pruned.get("spotting_res") or None,
+        page_count=pruned.get("page_count"),
+        doc_preprocessor=pruned.get("doc_preprocessor_res"),
+    )
+
+
+def restructure_pruned_pages(
+    pages: Sequence[tuple[Mapping[str, Any], Optional[Mapping[str, str]]]],
+    *,
+    merge_tables: bool,
+    relevel_titles: bool,
+    concatenate: bool,
+    prettify: bool,
+    show_formula_number: bool,
+    return_images: bool,
+) -> list[dict[str, Any]]:
+    """/restructure-pages: `layoutParsingResults` from pages of (prunedResult, markdownImages)."""
+    contexts, blocks = [], []
+    for index, (pruned, _) in enumerate(pages):
+        try:
+            contexts.append(_context_from_pruned(pruned))
+            blocks.append(blocks_from_pruned(pruned))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(
+                f"pages[{index}].prunedResult is not a PaddleX prunedResult ({type(exc).__name__}: {exc}); "
+                "send the prunedResult /layout-parsing returned"
+            ) from None
+    if not pages:
+        return []
+    restructured, ids = restructure_pages(blocks, merge_tables=merge_tables, relevel=relevel_titles)
+    if concatenate:
+        flat = [b for page in restructured for b in page]
+        flat_ids = [i for page_ids in ids for i in page_ids]
+        pruned = concatenated_pruned([p for p, _ in pages], flat, flat_ids)
+        first = contexts[0]
+        text, _ = page_markdown(
+            flat,
+            page_width=first.width,
+            style=MarkdownStyle(prettify, first.recognition, bool(first.model_settings.get("use_layout_detection", True))),
+            ignore_labels=first.model_settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
+            show_formula_number=show_formula_number,
+        )
+        markdown: dict[str, Any] = {"text": text}
+        if return_images:
+            markdown["images"] = {k: v for _, images in pages for k, v in (images or {}).items()}
+        return [{"prunedResult": pruned, "markdown": markdown}]
+    results = []
+    for (_, images), context, page_blocks, page_ids in zip(pages, contexts, restructured, ids):
+        pruned, text, _ = write_page(
+            page_blocks, context, prettify=prettify, show_formula_number=show_formula_number, global_ids=page_ids
+        )
+        markdown = {"text": text}
+        if return_images and images is not None:
+            markdown["images"] = dict(images)
+        results.append({"prunedResult": pruned, "markdown": markdown})
+    return results
 
 
 def default_pages_in_flight(concurrency: int) -> int:
