@@ -106,7 +106,13 @@ class FixedLayout:
 
         width, height = image.size
         return [
-            LayoutBox(cls_id, label, 0.9, (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)), order)
+            LayoutBox(
+                cls_id,
+                label,
+                0.9,
+                (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)),
+                order,
+            )
             for order, (cls_id, label, (x1, y1, x2, y2)) in enumerate(PAGE_LAYOUT, start=1)
         ]
 
@@ -150,6 +156,7 @@ async def run(args: argparse.Namespace, port: int) -> None:
 
     limits = InputLimits(1 << 30, 10_000, 178_956_970)
     options = request_options(InferRequest(file="-", visualize=args.visualize), model_version="0.9B")
+
     class CountingClient(VlmClient):
         sent = 0
 
@@ -210,7 +217,9 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
-    stub = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-stub", str(port), "--latency-ms", str(args.latency_ms)])
+    stub = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve-stub", str(port), "--latency-ms", str(args.latency_ms)]
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -219,7 +228,7 @@ def main() -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or stub.poll() is not None:
-                    raise SystemExit("the VLM stub did not start")
+                    raise SystemExit("the VLM stub did not start") from None
                 time.sleep(0.1)
         asyncio.run(run(args, port))
     finally:

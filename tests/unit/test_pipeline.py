@@ -28,7 +28,11 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.vlm_client import VlmClient
 
 LIMITS = InputLimits(10**9, 100, 178_956_970)
 TABLE_OTSL = "<fcel>Region<fcel>Sales<nl><fcel>North<fcel>12<nl>"
-SPOTTING = "<|TEXT_START|>Hi<|TEXT_END|><|LOC_BEGIN|>" + "".join(f"<|LOC_{v}|>" for v in (0, 0, 500, 0, 500, 500, 0, 500)) + "<|LOC_END|>"
+SPOTTING = (
+    "<|TEXT_START|>Hi<|TEXT_END|><|LOC_BEGIN|>"
+    + "".join(f"<|LOC_{v}|>" for v in (0, 0, 500, 0, 500, 500, 0, 500))
+    + "<|LOC_END|>"
+)
 
 
 async def by_prompt(body):
@@ -56,7 +60,9 @@ def tiff_document(widths):
     return open_document(buffer.getvalue(), "IMAGE", LIMITS)
 
 
-def run(document, options, *, detector=None, fake=None, visualize=False, concurrency=4, pages_in_flight=None, metrics=None):
+def run(
+    document, options, *, detector=None, fake=None, visualize=False, concurrency=4, pages_in_flight=None, metrics=None
+):
     fake = fake or FakeVllm(answer=by_prompt)
 
     async def main():
@@ -153,7 +159,9 @@ def test_pages_come_back_in_order_with_a_bounded_window():
 
 def test_request_options_reach_the_detector_and_the_vlm():
     detector = FakeDetector()
-    options = options_for(layoutThreshold=0.3, temperature=0.5, topP=0.9, maxNewTokens=100, minPixels=1000, maxPixels=2000)
+    options = options_for(
+        layoutThreshold=0.3, temperature=0.5, topP=0.9, maxNewTokens=100, minPixels=1000, maxPixels=2000
+    )
     _, fake = run(image_document(), options, detector=detector)
     assert detector.options[0].threshold == 0.3
     body = fake.bodies[0]

@@ -10,8 +10,6 @@ import io
 import json
 
 import httpx
-import pytest
-from PIL import Image
 
 from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, png_bytes
 from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema
@@ -48,7 +46,9 @@ def scenario(check, *, fake=None, ready=True, detector="fake", **overrides):
             if ready:
                 state.mark_ready()
             app = create_app(
-                settings(upstream, **overrides), state=state, detector=FakeDetector() if detector == "fake" else detector
+                settings(upstream, **overrides),
+                state=state,
+                detector=FakeDetector() if detector == "fake" else detector,
             )
             async with serve_on_loopback(app) as proxy:
                 async with httpx.AsyncClient(base_url=proxy, timeout=30) as client:
@@ -167,7 +167,8 @@ def test_layout_parsing_answer_is_paddlex_schema_with_nulls_left_out():
 
     async def check(client, fake, state, app):
         image = await client.post(
-            "/layout-parsing", json={"file": PNG, "fileType": 1, "visualize": False, "returnMarkdownImages": False, "logId": "abc"}
+            "/layout-parsing",
+            json={"file": PNG, "fileType": 1, "visualize": False, "returnMarkdownImages": False, "logId": "abc"},
         )
         pdf = await client.post("/layout-parsing", json={"file": base64.b64encode(make_pdf(2)).decode()})
         return image, pdf
@@ -322,7 +323,10 @@ def test_restructure_pages_merges_a_table_continued_on_the_next_page():
     assert len(whole["prunedResult"]["parsing_res_list"]) == 2
     assert whole["markdown"]["text"].count("<table") == 1
 
-    tables = [p["prunedResult"]["parsing_res_list"][0]["block_content"] for p in separate.json()["result"]["layoutParsingResults"]]
+    tables = [
+        p["prunedResult"]["parsing_res_list"][0]["block_content"]
+        for p in separate.json()["result"]["layoutParsingResults"]
+    ]
     assert [t.count("<tr>") for t in tables] == [1, 1]
     assert "pages[0].prunedResult is not a PaddleX prunedResult" in error_of(broken, 422)
     assert json.loads(error_of(invalid, 422))[0]["loc"] == "body.pages"
@@ -365,7 +369,12 @@ def test_health_reports_proxy_upstream_and_layout_model():
     assert starting.status_code == 503 and starting.json()["upstream"] == "starting"
     body = ready.json()
     assert ready.status_code == 200
-    assert (body["errorCode"], body["errorMsg"], body["upstream"], body["layoutDetector"]) == (0, "Healthy", "ready", "ready")
+    assert (body["errorCode"], body["errorMsg"], body["upstream"], body["layoutDetector"]) == (
+        0,
+        "Healthy",
+        "ready",
+        "ready",
+    )
 
 
 def test_metrics_count_proxy_work_and_include_vllm_metrics():
@@ -391,7 +400,9 @@ def test_openapi_documents_the_paddlex_endpoints():
 
     spec, docs = scenario(check)
     assert spec["paths"]["/layout-parsing"]["post"]["operationId"] == "infer"
-    request_ref = spec["paths"]["/layout-parsing"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    request_ref = spec["paths"]["/layout-parsing"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "$ref"
+    ]
     name = request_ref.rsplit("/", 1)[1]
     assert "useLayoutDetection" in spec["components"]["schemas"][name]["properties"]
     assert "/restructure-pages" in spec["paths"]

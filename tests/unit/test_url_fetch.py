@@ -53,8 +53,13 @@ class FileServer:
 
     @staticmethod
     async def _answer(send, status, body, headers=()):
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

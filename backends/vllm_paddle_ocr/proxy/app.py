@@ -83,7 +83,9 @@ def create_app(
         state.attach_detector(detector)
     metrics = ProxyMetrics()
     own_vlm = vlm is None
-    vlm_client = vlm or VlmClient(settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics)
+    vlm_client = vlm or VlmClient(
+        settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics
+    )
     passthrough = Passthrough(settings.upstream_url, state, metrics)
     handlers = _Handlers(settings, state, metrics, vlm_client, passthrough, visualize_default)
 
@@ -122,12 +124,19 @@ async def drain(state: UpstreamState, timeout_s: float) -> bool:
     return await state.wait_idle(timeout_s)
 
 
-def run_proxy(settings: Any, *, state: Optional[UpstreamState] = None, detector: Optional[LayoutDetector] = None, **config: Any) -> Any:
+def run_proxy(
+    settings: Any, *, state: Optional[UpstreamState] = None, detector: Optional[LayoutDetector] = None, **config: Any
+) -> Any:
     """A uvicorn server for the proxy on settings.host:settings.port (start it with `await server.serve()`)."""
     import uvicorn
 
     app = create_app(settings, state=state, detector=detector)
-    options = {"log_level": "info", "access_log": False, "timeout_graceful_shutdown": settings.shutdown_grace_s, **config}
+    options = {
+        "log_level": "info",
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        **config,
+    }
     return uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", **options))
 
 
@@ -221,7 +230,9 @@ class _Handlers:
                 try:
                     response = await handler(request, context)
                 except ProxyError as exc:
-                    kind = {InputError: "input", LimitExceeded: "limit", UpstreamError: "upstream"}.get(type(exc), "other")
+                    kind = {InputError: "input", LimitExceeded: "limit", UpstreamError: "upstream"}.get(
+                        type(exc), "other"
+                    )
                     self.metrics.errors.labels(kind=kind).inc()
                     if exc.status_code >= 500:
                         log.warning("%s failed (%d): %s", endpoint, exc.status_code, exc.message)
@@ -326,7 +337,9 @@ class _Handlers:
         del data
         try:
             visualize = self.visualize_default if infer.visualize is None else infer.visualize
-            outputs = await self.pipeline.parse(document, options, detector=detector, owner=object(), visualize=visualize)
+            outputs = await self.pipeline.parse(
+                document, options, detector=detector, owner=object(), visualize=visualize
+            )
             info = data_info(document, [output.size for output in outputs])
         finally:
             await asyncio.to_thread(document.close)
@@ -354,8 +367,11 @@ class _Handlers:
         log_id = body.logId or new_log_id()
         context["log_id"] = log_id
         if body.outputFormats:
-            error = {"type": "value_error", "loc": "body.outputFormats",
-                     "msg": "Value error, `outputFormats` (document exports) is not supported by this server; leave it out"}
+            error = {
+                "type": "value_error",
+                "loc": "body.outputFormats",
+                "msg": "Value error, `outputFormats` (document exports) is not supported by this server; leave it out",
+            }
             raise InputError(json.dumps([error]))
         results = await asyncio.to_thread(
             restructure_pruned_pages,

@@ -224,7 +224,9 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def body_framing(headers: list[tuple[bytes, bytes]], body_length: Optional[int]) -> tuple[list[tuple[bytes, bytes]], bool]:
+def body_framing(
+    headers: list[tuple[bytes, bytes]], body_length: Optional[int]
+) -> tuple[list[tuple[bytes, bytes]], bool]:
     """Request headers with the body's framing set: Content-Length when known, else chunked."""
     kept = [(name, value) for name, value in headers if name not in (b"content-length", b"transfer-encoding")]
     if body_length is not None:

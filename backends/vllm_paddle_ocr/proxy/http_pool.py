@@ -86,7 +86,9 @@ class SocketStream(httpcore.AsyncNetworkStream):
         self._pending.clear()
         self._sock.close()
 
-    async def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None) -> httpcore.AsyncNetworkStream:
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.UnsupportedProtocol("this transport speaks plain HTTP to a local upstream only")
 
     def get_extra_info(self, info: str) -> Any:
@@ -152,7 +154,9 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                 raise
         raise httpcore.ConnectError(f"cannot connect to {host}:{port}: {last}")
 
-    async def connect_unix_socket(self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.UnsupportedProtocol("unix sockets are not used for the upstream")
 
     async def sleep(self, seconds: float) -> None:
@@ -169,7 +173,13 @@ def _as_httpx(exc: Exception) -> Exception:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body; closing it hands the connection back to the pool."""
 
-    def __init__(self, stream: AsyncIterator[bytes], pool: "KeepAliveTransport", connection: httpcore.AsyncHTTPConnection, key: tuple) -> None:
+    def __init__(
+        self,
+        stream: AsyncIterator[bytes],
+        pool: "KeepAliveTransport",
+        connection: httpcore.AsyncHTTPConnection,
+        key: tuple,
+    ) -> None:
         self._stream = stream
         self._pool = pool
         self._connection: Optional[httpcore.AsyncHTTPConnection] = connection

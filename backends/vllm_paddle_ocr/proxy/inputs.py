@@ -120,9 +120,7 @@ def resolve_kind(data: bytes, declared: FileKind | None) -> tuple[FileKind, str]
 
 def pixel_limit_message(width: int, height: int, limit: int, page: int | None) -> str:
     """PaddleX's wording for an image over the pixel limit, prefixed with the page for documents."""
-    message = (
-        f"Image pixel count {width * height} (width={width}, height={height}) exceeds maximum allowed {limit}."
-    )
+    message = f"Image pixel count {width * height} (width={width}, height={height}) exceeds maximum allowed {limit}."
     return f"Page {page}: {message}" if page is not None else message
 
 

@@ -18,47 +18,73 @@ class ProxyMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "PaddleX endpoint requests answered, by endpoint and HTTP status.",
-            ["endpoint", "status"], registry=r,
+            f"{PREFIX}_requests",
+            "PaddleX endpoint requests answered, by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            f"{PREFIX}_request_seconds", "Time to answer a PaddleX endpoint request.",
-            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_request_seconds",
+            "Time to answer a PaddleX endpoint request.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_progress = Gauge(
-            f"{PREFIX}_requests_in_progress", "PaddleX endpoint requests being worked on.", registry=r,
+            f"{PREFIX}_requests_in_progress",
+            "PaddleX endpoint requests being worked on.",
+            registry=r,
         )
         self.pages = Counter(f"{PREFIX}_pages", "Pages parsed by /layout-parsing.", registry=r)
         self.blocks = Counter(
-            f"{PREFIX}_blocks", "Layout blocks found, by label.", ["label"], registry=r,
+            f"{PREFIX}_blocks",
+            "Layout blocks found, by label.",
+            ["label"],
+            registry=r,
         )
         self.vlm_requests = Counter(
-            f"{PREFIX}_vlm_requests", "Block recognition requests sent to vLLM, by outcome.",
-            ["outcome"], registry=r,
+            f"{PREFIX}_vlm_requests",
+            "Block recognition requests sent to vLLM, by outcome.",
+            ["outcome"],
+            registry=r,
         )
         self.vlm_seconds = Histogram(
-            f"{PREFIX}_vlm_request_seconds", "Latency of one block recognition request to vLLM.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_vlm_request_seconds",
+            "Latency of one block recognition request to vLLM.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.vlm_queue_depth = Gauge(
-            f"{PREFIX}_vlm_queue_depth", "Block requests waiting for a free slot to vLLM.", registry=r,
+            f"{PREFIX}_vlm_queue_depth",
+            "Block requests waiting for a free slot to vLLM.",
+            registry=r,
         )
         self.vlm_in_flight = Gauge(
-            f"{PREFIX}_vlm_in_flight", "Block requests being answered by vLLM now.", registry=r,
+            f"{PREFIX}_vlm_in_flight",
+            "Block requests being answered by vLLM now.",
+            registry=r,
         )
         self.vlm_slots = Gauge(
-            f"{PREFIX}_vlm_slots", "Bound on concurrent block requests to vLLM.", registry=r,
+            f"{PREFIX}_vlm_slots",
+            "Bound on concurrent block requests to vLLM.",
+            registry=r,
         )
         self.errors = Counter(
-            f"{PREFIX}_errors", "Failed requests, by kind (input, limit, upstream, internal, passthrough).",
-            ["kind"], registry=r,
+            f"{PREFIX}_errors",
+            "Failed requests, by kind (input, limit, upstream, internal, passthrough).",
+            ["kind"],
+            registry=r,
         )
         self.passthrough = Counter(
-            f"{PREFIX}_passthrough_requests", "Requests passed through to vLLM, by HTTP status.",
-            ["status"], registry=r,
+            f"{PREFIX}_passthrough_requests",
+            "Requests passed through to vLLM, by HTTP status.",
+            ["status"],
+            registry=r,
         )
         self.upstream_ready = Gauge(
-            f"{PREFIX}_upstream_ready", "1 when vLLM has answered its warm-up and is alive.", registry=r,
+            f"{PREFIX}_upstream_ready",
+            "1 when vLLM has answered its warm-up and is alive.",
+            registry=r,
         )
 
     def exposition(self) -> bytes:

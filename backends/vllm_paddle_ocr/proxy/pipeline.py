@@ -339,7 +339,12 @@ def _markdown_images(
 
 
 def restructure_outputs(
-    outputs: Sequence[PageOutput], *, merge_tables: bool, relevel_titles: bool, prettify: bool, show_formula_number: bool
+    outputs: Sequence[PageOutput],
+    *,
+    merge_tables: bool,
+    relevel_titles: bool,
+    prettify: bool,
+    show_formula_number: bool,
 ) -> None:
     """restructurePages on /layout-parsing: tables merged across pages, titles re-levelled, in place."""
     pages, ids = restructure_pages([o.blocks for o in outputs], merge_tables=merge_tables, relevel=relevel_titles)
@@ -396,7 +401,9 @@ def restructure_pruned_pages(
         text, _ = page_markdown(
             flat,
             page_width=first.width,
-            style=MarkdownStyle(prettify, first.recognition, bool(first.model_settings.get("use_layout_detection", True))),
+            style=MarkdownStyle(
+                prettify, first.recognition, bool(first.model_settings.get("use_layout_detection", True))
+            ),
             ignore_labels=first.model_settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
             show_formula_number=show_formula_number,
         )
@@ -452,7 +459,9 @@ class LayoutPipeline:
         try:
             while next_index < count or running:
                 while next_index < count and len(running) < self.pages_in_flight:
-                    future = asyncio.ensure_future(self._page(document, next_index, options, detector, owner, visualize))
+                    future = asyncio.ensure_future(
+                        self._page(document, next_index, options, detector, owner, visualize)
+                    )
                     running[future] = next_index
                     next_index += 1
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -510,7 +519,10 @@ class LayoutPipeline:
         skip_special_tokens: bool,
     ) -> str:
         body = options.vlm.chat_body(
-            model=self.vlm.model, image_url=url, prompt=task.prompt, kind=task.kind,
+            model=self.vlm.model,
+            image_url=url,
+            prompt=task.prompt,
+            kind=task.kind,
             skip_special_tokens=skip_special_tokens,
         )
         try:

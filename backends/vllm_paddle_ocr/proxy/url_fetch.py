@@ -162,9 +162,7 @@ class UrlFetcher:
             address = ipaddress.ip_address(text.split("%", 1)[0])
             reason = self._refusal(address)
             if reason is not None:
-                raise InputError(
-                    f"The input URL's host {target.host!r} resolves to {address}, {reason}; refused"
-                )
+                raise InputError(f"The input URL's host {target.host!r} resolves to {address}, {reason}; refused")
         return addresses[0]
 
     async def _send(self, client: httpx.AsyncClient, target: httpx.URL, address: str) -> httpx.Response:

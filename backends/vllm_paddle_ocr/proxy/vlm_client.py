@@ -209,9 +209,7 @@ class VlmClient:
                 attempt += 1
                 continue
             except httpx.TimeoutException as exc:
-                raise VlmError(
-                    f"the model server did not answer within {self.timeout_s:g} s", status_code=504
-                ) from exc
+                raise VlmError(f"the model server did not answer within {self.timeout_s:g} s", status_code=504) from exc
             except httpx.TransportError as exc:
                 raise VlmError(f"the model server connection failed ({type(exc).__name__}: {exc})") from exc
             return _first_choice_text(response)
