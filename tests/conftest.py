@@ -27,6 +27,8 @@ CPU_ENV = {
 # vLLM flags that make the tiny model start quickly on two CPU cores.
 CPU_VLLM_FLAGS = ["--dtype", "float32", "--enforce-eager"]
 SERVE_START_TIMEOUT_S = 600
+# The shared server's page limit, low enough that a test can cross it cheaply.
+SERVED_MAX_PAGES = 5
 
 
 def pytest_collection_modifyitems(config, items):
@@ -154,7 +156,7 @@ def start_serve(repo: Path, env: dict[str, str], log: Path, *extra: str, name: s
 def served(tiny_repo, cpu_env, tmp_path_factory):
     """One real server (vLLM on CPU + paddlex layout) shared by the run's integration tests."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    server = start_serve(tiny_repo, cpu_env, log)
+    server = start_serve(tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES))
     try:
         server.statuses = server.wait_ready()
         yield server

@@ -23,6 +23,11 @@ from typing import Any, Iterator
 
 GPUSTACK_VERSION = "2.3.0"
 VENV_ENV_VAR = "GPUSTACK_VENV"
+# The venvs `.ci/setup` prepares beside the project, used when the variables are unset.
+SETUP_VENVS = {
+    "GPUSTACK_VENV": Path(__file__).resolve().parents[2] / ".venv-gpustack",
+    "GPUSTACK07_VENV": Path(__file__).resolve().parents[2] / ".venv-gpustack07",
+}
 PG_BIN_ENV_VAR = "PG_BIN"
 START_TIMEOUT_S = float(os.environ.get("GPUSTACK_START_TIMEOUT", "420"))
 ADMIN_PASSWORD = "Vpo-test-1"
@@ -120,6 +125,9 @@ class Postgres:
 def gpustack_venv(scratch: Path, version: str = GPUSTACK_VERSION, env_var: str = VENV_ENV_VAR) -> Path:
     """A venv with gpustack==version: $<env_var> when it has one (installed there when empty), else a new one in scratch."""
     given = os.environ.get(env_var)
+    prepared = SETUP_VENVS.get(env_var)
+    if not given and prepared is not None and (prepared / "bin" / "gpustack").exists():
+        given = str(prepared)
     venv = Path(given) if given else scratch / f"gpustack-{version}-venv"
     executable = venv / "bin" / "gpustack"
     if executable.exists():
