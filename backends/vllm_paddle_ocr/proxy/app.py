@@ -78,6 +78,9 @@ def create_app(
     visualize_default: bool = VISUALIZE_DEFAULT,
 ) -> ProxyApp:
     """The proxy for one vLLM, from ProxySettings; the supervisor flips `state` as vLLM comes and goes."""
+    # httpx logs every request at INFO (one line per block); the proxy's metrics count them instead.
+    if logging.getLogger("httpx").level == logging.NOTSET:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     state = state if state is not None else UpstreamState()
     if detector is not None:
         state.attach_detector(detector)
@@ -95,6 +98,7 @@ def create_app(
             yield
         finally:
             await passthrough.aclose()
+            await handlers.aclose()
             if own_vlm:
                 await vlm_client.aclose()
 
@@ -166,6 +170,10 @@ class _Handlers:
             else None
         )
         self._probe = httpx.AsyncClient(timeout=UPSTREAM_PROBE_TIMEOUT_S, trust_env=False)
+
+    async def aclose(self) -> None:
+        """Close the client used for vLLM's /health and /metrics."""
+        await self._probe.aclose()
 
     # -- health and metrics -------------------------------------------------------------------
     def _detector_status(self) -> str:
