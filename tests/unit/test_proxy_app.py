@@ -192,6 +192,13 @@ def test_layout_parsing_answer_is_paddlex_schema_with_nulls_left_out():
     assert len(pages) == 2 and all("inputImage" in p and "layout_det_res" in p["outputImages"] for p in pages)
 
 
+def test_wrong_method_is_answered_in_paddlex_shape():
+    async def check(client, fake, state, app):
+        return await client.get("/layout-parsing")
+
+    assert error_of(scenario(check), 405) == "Method Not Allowed"
+
+
 def test_validation_errors_are_422_with_paddlex_error_list():
     async def check(client, fake, state, app):
         missing = await client.post("/layout-parsing", json={"fileType": 3, "logId": "mine"})

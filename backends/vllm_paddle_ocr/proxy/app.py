@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Optional
 import httpx
 import pydantic
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -110,7 +111,19 @@ def create_app(
         Route("/openapi.json", handlers.openapi, methods=["GET"]),
         Route("/docs", handlers.docs, methods=["GET"]),
     ]
-    app = ProxyApp(routes=routes, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s: unexpected error", request.method, request.url.path, exc_info=exc)
+        return error_response(500, INTERNAL_ERROR_MESSAGE)
+
+    app = ProxyApp(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+    )
     app.passthrough = passthrough
     # Paths the proxy does not own (vLLM's /tokenize, /version, ...) go to vLLM too.
     app.router.default = passthrough  # type: ignore[assignment]
