@@ -442,6 +442,10 @@ RAW_ANSWERS = {
         b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
     ),
     b"/v1/empty": b"HTTP/1.1 204 No Content\r\nx-up: 2\r\n\r\n",
+    b"/v1/fragmented": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"10\r\ndata: first....\n\r\n11\r\ndata: second....\n\r\n0\r\n\r\n"
+    ),
     b"/v1/hangs-up": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
 }
 
@@ -458,7 +462,13 @@ async def raw_upstream(handled: list):
                 answer = RAW_ANSWERS[path]
                 if method == b"HEAD":
                     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"
-                writer.write(answer)
+                if path == b"/v1/fragmented":  # a byte at a time: framing split at every possible place
+                    for k in range(len(answer)):
+                        writer.write(answer[k : k + 1])
+                        await writer.drain()
+                        await asyncio.sleep(0)
+                else:
+                    writer.write(answer)
                 await writer.drain()
                 if path in (b"/v1/close-delimited", b"/v1/hangs-up"):
                     break
@@ -482,13 +492,15 @@ def test_upstream_framings_are_relayed_exactly():
                     await client.get("/v1/chunked"),
                     await client.get("/v1/empty"),
                     await client.head("/v1/chunked"),
+                    await client.get("/v1/fragmented"),
                 ]
                 # the upstream closes after each of these without saying so: the pool must notice
                 results += [await client.get("/v1/hangs-up") for _ in range(4)]
         return results, handled
 
     results, handled = asyncio.run(main())
-    close, chunked, empty, head, *hangs = results
+    close, chunked, empty, head, fragmented, *hangs = results
+    assert fragmented.text == "data: first....\ndata: second....\n"
     assert (close.status_code, close.text) == (200, "until the end")
     assert (chunked.text, chunked.headers["x-up"]) == ("hello world", "1")
     assert (empty.status_code, empty.content, empty.headers["x-up"]) == (204, b"", "2")

@@ -111,6 +111,7 @@ def create_app(
         Route("/openapi.json", handlers.openapi, methods=["GET"]),
         Route("/docs", handlers.docs, methods=["GET"]),
     ]
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, str(exc.detail))

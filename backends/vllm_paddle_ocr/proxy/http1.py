@@ -195,25 +195,59 @@ async def read_body(reader: asyncio.StreamReader, head: ResponseHead) -> AsyncIt
             if not data:
                 return
             yield data
-    while True:  # chunked
-        try:
-            line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except (asyncio.IncompleteReadError, ValueError) as exc:
-            raise UpstreamUnavailable("the upstream sent a broken chunked response") from exc
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, then the blank line
-                pass
-            return
-        remaining = size
-        while remaining > 0:
-            data = await reader.read(min(remaining, READ_SIZE))
-            if not data:
-                raise UpstreamUnavailable("the upstream closed the connection in the middle of a chunk")
-            remaining -= len(data)
-            yield data
-        if await reader.readexactly(2) != b"\r\n":
-            raise UpstreamUnavailable("the upstream sent a broken chunked response")
+    async for data in _dechunk(reader, head):
+        yield data
+
+
+async def _dechunk(reader: asyncio.StreamReader, head: ResponseHead) -> AsyncIterator[bytes]:
+    """Chunked framing removed as data arrives; chunks that arrived together are passed on together."""
+    buffer = bytearray()
+    remaining = 0  # payload bytes left in the current chunk
+    state = "size"  # size -> data -> crlf -> size ... -> trailers
+    while True:
+        out = bytearray()
+        while True:
+            if state == "data":
+                take = min(remaining, len(buffer))
+                out += buffer[:take]
+                del buffer[:take]
+                remaining -= take
+                if remaining:
+                    break
+                state = "crlf"
+            if state == "crlf":
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise UpstreamUnavailable("the upstream sent a broken chunked response")
+                del buffer[:2]
+                state = "size"
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) > 8192:
+                    raise UpstreamUnavailable("the upstream sent a broken chunked response")
+                break
+            line = bytes(buffer[:end])
+            del buffer[: end + 2]
+            if state == "trailers":
+                if not line:  # the blank line after the trailers: the message is complete
+                    if buffer:
+                        head.keep_alive = False  # bytes beyond the message: do not reuse
+                    if out:
+                        yield bytes(out)
+                    return
+                continue
+            try:
+                remaining = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as exc:
+                raise UpstreamUnavailable("the upstream sent a broken chunked response") from exc
+            state = "data" if remaining else "trailers"
+        if out:
+            yield bytes(out)
+        data = await reader.read(READ_SIZE)
+        if not data:
+            raise UpstreamUnavailable("the upstream closed the connection in the middle of a chunked response")
+        buffer += data
 
 
 def chunk(data: bytes) -> bytes:
