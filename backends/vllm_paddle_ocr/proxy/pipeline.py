@@ -425,7 +425,7 @@ def restructure_pruned_pages(
 
 def default_pages_in_flight(concurrency: int) -> int:
     """Enough pages ahead to keep every VLM slot busy (a page has tens of blocks), bounded for memory."""
-    return max(2, min(MAX_PAGES_IN_FLIGHT, concurrency // 8 + 1))
+    return max(2, min(MAX_PAGES_IN_FLIGHT, concurrency // 4 + 1))
 
 
 class LayoutPipeline:
