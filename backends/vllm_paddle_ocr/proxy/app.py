@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 import httpx
 import pydantic
@@ -48,6 +48,9 @@ from .state import UpstreamState
 from .url_fetch import UrlFetcher, UrlPolicy
 from .vlm_client import VlmClient
 
+if TYPE_CHECKING:
+    from ..launch_plan import ProxySettings
+
 __all__ = ["UpstreamState", "create_app", "drain", "run_proxy"]
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -71,7 +74,7 @@ class ProxyApp(Starlette):
 
 
 def create_app(
-    settings: Any,
+    settings: "ProxySettings",
     *,
     state: Optional[UpstreamState] = None,
     detector: Optional[LayoutDetector] = None,
@@ -143,7 +146,11 @@ async def drain(state: UpstreamState, timeout_s: float) -> bool:
 
 
 def run_proxy(
-    settings: Any, *, state: Optional[UpstreamState] = None, detector: Optional[LayoutDetector] = None, **config: Any
+    settings: "ProxySettings",
+    *,
+    state: Optional[UpstreamState] = None,
+    detector: Optional[LayoutDetector] = None,
+    **config: Any,
 ) -> Any:
     """A uvicorn server for the proxy on settings.host:settings.port (start it with `await server.serve()`)."""
     import uvicorn
