@@ -190,9 +190,9 @@ class Supervisor:
         if self.stopping.is_set():
             return
         self.exit_code = code or 1
+        when = "while serving" if self.state is not None and self.state.ready else "during start-up"
         if self.state is not None:
             self.state.mark_failed(f"vLLM exited with code {code}")
-        when = "while serving" if self.state is not None and self.state.ready else "during start-up"
         sys.stderr.write(
             f"vllm_paddle_ocr serve: error: vLLM exited with code {code} {when}. Its last lines:\n{self.last_lines()}\n"
         )

@@ -105,13 +105,13 @@ def test_metrics_count_pages_and_blocks(served):
 @pytest.mark.parametrize(
     "body, status, fragment",
     [
-        ({"file": "not base64 at all!!", "fileType": 1}, 400, ""),
-        ({"file": b64(truncated_pdf()), "fileType": 0}, 400, ""),
-        ({"file": b64(pixel_bomb_png()), "fileType": 1}, 400, "178956970"),
+        ({"file": "not base64 at all!!", "fileType": 1}, 422, "Invalid input file"),
+        ({"file": b64(truncated_pdf()), "fileType": 0}, 422, "Invalid input file"),
+        ({"file": b64(pixel_bomb_png()), "fileType": 1}, 422, "exceeds maximum allowed 178956970"),
         ({"file": b64(b"x"), "fileType": "image"}, 422, "fileType"),
         ({"file": b64(png_bytes(make_page_image(128, 128))), "fileType": 1, "temperature": "hot"}, 422, "temperature"),
         ({"fileType": 1}, 422, "file"),
-        ({"file": "http://127.0.0.1:9/secret.png", "fileType": 1}, 400, "url"),
+        ({"file": "http://127.0.0.1:9/secret.png", "fileType": 1}, 422, "URL input is disabled"),
     ],
     ids=["corrupt-base64", "truncated-pdf", "pixel-bomb", "wrong-filetype-type", "wrong-temperature-type",
          "missing-file", "url-to-loopback"],

