@@ -306,19 +306,8 @@ def serve(pm: Any, request: Any) -> int:
     plan = plan_launch(pm, request)
     if not plan.gpu_uuids:
         return asyncio.run(run(plan))
-    lock = gpu_start_lock(plan.gpu_uuids, timeout_s=request.gpu_lock_timeout_s)
-    lock.__enter__()
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            lock.__exit__(None, None, None)
-
-    try:
+    with contextlib.ExitStack() as start_lock:
+        start_lock.enter_context(gpu_start_lock(plan.gpu_uuids, timeout_s=request.gpu_lock_timeout_s))
         # Another instance may have started while we waited: budget again from a fresh NVML read.
         plan = plan_launch(pm, request)
-        return asyncio.run(run(plan, on_ready=release))
-    finally:
-        release()
+        return asyncio.run(run(plan, on_ready=start_lock.close))

@@ -1,0 +1,45 @@
+"""The wheel: namespaced import names only, templates as package data, the console script and entry points."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (path,) = out.glob("vllm_paddle_ocr-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_only_namespaced_packages_land_in_site_packages(wheel):
+    tops = {name.split("/", 1)[0] for name in wheel.namelist()}
+    assert tops == {"vllm_paddle_ocr", next(t for t in tops if t.endswith(".dist-info"))}
+    names = wheel.namelist()
+    for module in ("vllm_paddle_ocr/plugin/hookspecs.py", "vllm_paddle_ocr/backends/vllm_paddle_ocr/cli.py",
+                   "vllm_paddle_ocr/backends/vllm_paddle_ocr/proxy/app.py"):
+        assert module in names
+
+
+def test_templates_ship_as_package_data(wheel):
+    names = wheel.namelist()
+    assert "vllm_paddle_ocr/templates/paddleocr_vl_0.9b.jinja" in names
+    assert "vllm_paddle_ocr/templates/paddleocr_vl_1.5.jinja" in names
+
+
+def test_console_script_and_entry_points(wheel):
+    (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    text = wheel.read(entry_points).decode()
+    assert "vllm_paddle_ocr = vllm_paddle_ocr.backends.vllm_paddle_ocr.cli:main" in text
+    assert "[vllm_paddle_ocr]\nvllm_paddle_ocr = vllm_paddle_ocr.plugin.runtime" in text
+    assert "[vllm.general_plugins]" in text
