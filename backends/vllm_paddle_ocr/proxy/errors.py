@@ -46,12 +46,6 @@ class UpstreamError(ProxyError):
     status_code = 502
 
 
-class NotSupported(ProxyError):
-    """An endpoint or option this server does not provide."""
-
-    status_code = 501
-
-
 def dotted_location(loc: Iterable[str | int]) -> str:
     """Pydantic's error location as PaddleX writes it: `a.b[0].c`."""
     path = ""
