@@ -12,13 +12,14 @@ from typing import Any, Hashable
 import httpx
 from PIL import Image
 
-from .http_pool import KeepAliveTransport
 from .metrics import ProxyMetrics
 from .options import VlmOptions
 from .prompts import Kind
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_RETRIES = 3
+# vLLM closes a keep-alive connection after 5 s idle; ours are given up a second earlier.
+KEEPALIVE_EXPIRY_S = 4.0
 _RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 
 
@@ -132,7 +133,6 @@ class VlmClient:
         metrics: ProxyMetrics | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_retries: int = DEFAULT_CONNECT_RETRIES,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
@@ -140,10 +140,13 @@ class VlmClient:
         self.slots = FairSlots(concurrency, metrics)
         self._metrics = metrics
         self._url = base_url.rstrip("/") + "/v1/chat/completions"
+        # One connection per slot, all kept alive: the bound is the slots', the pool never makes a request wait.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            limits=httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
             trust_env=False,
-            transport=transport or KeepAliveTransport(concurrency),
         )
 
     async def aclose(self) -> None:
