@@ -12,7 +12,7 @@ import json
 import httpx
 
 from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, png_bytes
-from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema
+from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema, paddlex_result_response
 from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import ProxySettings
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app, drain
@@ -176,7 +176,7 @@ def test_layout_parsing_answer_is_paddlex_schema_with_nulls_left_out():
     image, pdf = scenario(check)
     assert image.status_code == 200, image.text
     body = image.json()
-    response_model = schema.infra_models.AIStudioResultResponse[schema.InferResult]
+    response_model = paddlex_result_response(schema.InferResult)
     response_model.model_validate(body)
     assert (body["logId"], body["errorCode"], body["errorMsg"]) == ("abc", 0, "Success")
     page = body["result"]["layoutParsingResults"][0]
@@ -318,13 +318,13 @@ def test_restructure_pages_merges_a_table_continued_on_the_next_page():
     fake = FakeVllm(answer=distinct_rows)
     parsed, joined, separate, broken, invalid = scenario(check, fake=fake, detector=FakeDetector(one_table))
     assert parsed.status_code == 200, parsed.text[:500]
-    schema.infra_models.AIStudioResultResponse[schema.InferResult].model_validate(parsed.json())
+    paddlex_result_response(schema.InferResult).model_validate(parsed.json())
     first, second = (p["prunedResult"]["parsing_res_list"][0] for p in parsed.json()["result"]["layoutParsingResults"])
     assert first["block_content"].count("<tr>") == 2 and second["block_content"] == ""
     assert (first["global_block_id"], second["global_block_id"], second["global_group_id"]) == (0, 1, 0)
 
     assert joined.status_code == 200, joined.text[:500]
-    schema.infra_models.AIStudioResultResponse[schema.RestructurePagesResult].model_validate(joined.json())
+    paddlex_result_response(schema.RestructurePagesResult).model_validate(joined.json())
     (whole,) = joined.json()["result"]["layoutParsingResults"]
     assert whole["prunedResult"]["page_count"] == 2
     assert len(whole["prunedResult"]["parsing_res_list"]) == 2
@@ -447,18 +447,26 @@ RAW_ANSWERS = {
         b"10\r\ndata: first....\n\r\n11\r\ndata: second....\n\r\n0\r\n\r\n"
     ),
     b"/v1/hangs-up": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    b"/v1/hop-by-hop": (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nDate: yesterday\r\n"
+        b"Server: upstream\r\nX-Up: 3\r\nX-Hop: 1\r\nTrailer: x-sum\r\ncontent-length: 2\r\n\r\nok"
+    ),
 }
 
 
-async def raw_upstream(handled: list):
+async def raw_upstream(handled: list, heads: list | None = None, connections: list | None = None):
     """An HTTP/1.1 server written by hand, for responses a framework would not produce."""
 
     async def client(reader, writer):
+        if connections is not None:
+            connections.append(writer.get_extra_info("peername"))
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 method, path = head.split(b" ")[:2]
                 handled.append((method, path))
+                if heads is not None:
+                    heads.append(head)
                 answer = RAW_ANSWERS[path]
                 if method == b"HEAD":
                     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"
@@ -507,3 +515,32 @@ def test_upstream_framings_are_relayed_exactly():
     assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "11")
     assert [r.text for r in hangs] == ["ok"] * 4
     assert handled.count((b"GET", b"/v1/hangs-up")) == 4
+
+
+def test_hop_by_hop_headers_stay_on_their_hop_and_connections_are_reused():
+    async def main():
+        handled, heads, connections = [], [], []
+        server, port = await raw_upstream(handled, heads, connections)
+        app = create_app(settings(f"http://127.0.0.1:{port}"), state=UpstreamState(ready=True))
+        async with server, serve_on_loopback(app) as proxy:
+            async with httpx.AsyncClient(base_url=proxy) as client:
+                sent = {
+                    "connection": "keep-alive, x-private", "x-private": "1", "keep-alive": "timeout=9",
+                    "te": "trailers", "proxy-authorization": "Basic eDp5", "x-kept": "1",
+                }  # fmt: skip
+                answers = [await client.get("/v1/hop-by-hop", headers=sent) for _ in range(3)]
+                chunked = [await client.get("/v1/chunked") for _ in range(3)]
+        return answers, chunked, heads, connections, port
+
+    answers, chunked, heads, connections, port = asyncio.run(main())
+    lines = [line.lower() for line in heads[0].split(b"\r\n")[1:] if line]
+    names = [line.split(b":")[0] for line in lines]
+    assert f"host: 127.0.0.1:{port}".encode() in lines and b"x-kept: 1" in lines
+    hop_by_hop = {b"connection", b"x-private", b"keep-alive", b"te", b"proxy-authorization", b"transfer-encoding"}
+    assert not hop_by_hop & set(names)
+    answer = answers[0]
+    assert (answer.status_code, answer.text, answer.headers["x-up"]) == (200, "ok", "3")
+    assert not {"keep-alive", "trailer", "x-hop"} & set(answer.headers)
+    assert "upstream" not in answer.headers.get_list("server") and "yesterday" not in answer.headers.get_list("date")
+    assert [r.text for r in chunked] == ["hello world"] * 3
+    assert len(connections) == 1  # six requests, one keep-alive connection to the upstream

@@ -93,7 +93,8 @@ def create_app(
     vlm_client = vlm or VlmClient(
         settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics
     )
-    passthrough = Passthrough(settings.upstream_url, state, metrics)
+    # Idle upstream connections kept for reuse: a full batch of vLLM's sequences, and as many again.
+    passthrough = Passthrough(settings.upstream_url, state, metrics, max_keepalive_connections=2 * settings.concurrency)
     handlers = _Handlers(settings, state, metrics, vlm_client, passthrough, visualize_default)
 
     @contextlib.asynccontextmanager

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Union
 from urllib.parse import urlsplit
 
+import httpcore
+
 from .errors import openai_error_response
-from .http1 import (
-    LAST_CHUNK,
-    Connection,
-    Pool,
-    ResponseHead,
-    UpstreamUnavailable,
-    body_framing,
-    chunk,
-    read_body,
-    read_head,
-    request_head,
-)
 from .metrics import ProxyMetrics
 from .state import UpstreamState
 
@@ -28,20 +19,84 @@ log = logging.getLogger("vllm_paddle_ocr.proxy")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the message; the rest pass as is.
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
      b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )  # fmt: skip
-# Host names the upstream; Expect: 100-continue is answered by our own server already.
-_DROP_FROM_REQUEST = _HOP_BY_HOP | {b"host", b"expect"}
+# Host names the upstream; Expect: 100-continue is answered by our own server already; the body's
+# framing (Content-Length or chunked) is set again for the upstream hop.
+_DROP_FROM_REQUEST = _HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 # uvicorn writes its own Date and Server headers; forwarding vLLM's too would duplicate them.
 _DROP_FROM_RESPONSE = _HOP_BY_HOP | {b"date", b"server"}
+
+MAX_CONNECTIONS = 1024
+# vLLM closes a keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE); giving ours up
+# a second earlier means a request never goes out on a connection the server is closing.
+KEEPALIVE_EXPIRY_S = 4.0
+CONNECT_TIMEOUT_S = 10.0
+
+# httpcore's failures that mean the upstream could not be reached or broke off the exchange.
+_UPSTREAM_ERRORS = (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.TimeoutException)
 
 
 class _ClientGone(Exception):
     """The client closed its connection before the exchange finished."""
+
+
+def _named_in_connection(headers: Headers) -> frozenset[bytes]:
+    """Header names the sender listed in Connection: hop-by-hop for this message only (RFC 9110 7.6.1)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def request_headers(headers: Headers, host: bytes, body_length: Optional[int]) -> Headers:
+    """The client's headers for the upstream hop: Host set, hop-by-hop dropped, the body's framing declared.
+
+    `body_length` is the size of a body read whole, or None for one still streaming in: that one keeps
+    the client's Content-Length when it gave one, else goes chunked.
+    """
+    declared = next((value for name, value in headers if name == b"content-length"), None)
+    dropped = _DROP_FROM_REQUEST | _named_in_connection(headers)
+    kept = [(b"host", host)]
+    kept += [(name, value) for name, value in headers if name not in dropped]
+    if body_length is not None:
+        if body_length or declared is not None:
+            kept.append((b"content-length", str(body_length).encode()))
+    elif declared is not None:
+        kept.append((b"content-length", declared))
+    else:
+        kept.append((b"transfer-encoding", b"chunked"))
+    return kept
+
+
+def response_headers(headers: Headers) -> Headers:
+    """The upstream's response headers for the client: names lower-cased, hop-by-hop and Date/Server dropped."""
+    dropped = _DROP_FROM_RESPONSE | _named_in_connection(headers)
+    kept = []
+    for name, value in headers:
+        name = name.lower()
+        if name not in dropped:
+            kept.append((name, value))
+    return kept
+
+
+def _body_length(method: bytes, status: int, headers: Headers) -> int:
+    """The response body's declared size, or -1 when it is chunked, read to close, or absent."""
+    if method == b"HEAD" or status in (204, 304) or status < 200:
+        return -1
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 class Passthrough:
@@ -53,22 +108,34 @@ class Passthrough:
         state: UpstreamState,
         metrics: ProxyMetrics,
         *,
-        max_connections: int = 1024,
-        connect_timeout_s: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
+        max_keepalive_connections: Optional[int] = None,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the upstream must be a plain http:// URL, got {upstream_url!r}")
         port = parts.port or 80
-        self._host = f"{parts.hostname}:{port}".encode()
+        self._scheme = b"http"
+        self._hostname = parts.hostname.encode("ascii")
+        self._port = port
+        netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address
+        self._host = f"{netloc}:{port}".encode("ascii")
         self._prefix = parts.path.rstrip("/").encode()
-        self._pool = Pool(parts.hostname, port, max_connections, connect_timeout_s)
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+            keepalive_expiry=keepalive_expiry_s,
+        )
+        # No read timeout: a generation (or an SSE stream) takes as long as it takes.
+        self._extensions = {"timeout": {"connect": connect_timeout_s, "read": None, "write": None, "pool": None}}
         self._state = state
         self._metrics = metrics
 
     async def aclose(self) -> None:
-        """Close idle upstream connections."""
-        self._pool.close()
+        """Close the upstream connections."""
+        await self._pool.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,6 +168,7 @@ class Passthrough:
                     return
 
         def body_complete() -> None:
+            # From here on the client's next message can only be its disconnect.
             nonlocal watcher
             if watcher is None:
                 watcher = asyncio.ensure_future(watch_disconnect())
@@ -108,21 +176,22 @@ class Passthrough:
         first = await receive()
         if first["type"] == "http.disconnect":
             return
-        connection: Optional[Connection] = None
-        reusable = False
+        response: Optional[httpcore.Response] = None
         try:
             try:
-                connection, head = await self._send_request(scope, first, receive, body_complete)
+                response = await self._pool.handle_async_request(self._request(scope, first, receive, body_complete))
             except _ClientGone:
                 return
-            except UpstreamUnavailable as exc:
+            except _UPSTREAM_ERRORS as exc:
                 self._metrics.passthrough.labels(status="502").inc()
                 self._metrics.errors.labels(kind="passthrough").inc()
-                answer = openai_error_response(502, f"The model server did not answer: {exc}", "BadGatewayError")
+                answer = openai_error_response(
+                    502, f"The model server did not answer: {self._describe(exc)}", "BadGatewayError"
+                )
                 flags["done"] = True
                 await answer(scope, receive, send)
                 return
-            reusable = await self._relay(head, connection, send, flags) and head.keep_alive
+            await self._relay(scope, response, send, flags)
         except asyncio.CancelledError:
             if not flags["gone"]:
                 raise
@@ -133,90 +202,80 @@ class Passthrough:
             flags["done"] = True
             if watcher is not None:
                 watcher.cancel()
-            if connection is not None:
-                # An unfinished exchange closes its connection: that is how vLLM learns to abort it.
-                self._pool.release(connection, reusable=reusable)
+            if response is not None:
+                # An unfinished response closes its connection: that is how vLLM learns to abort it.
+                await response.aclose()
 
-    async def _send_request(
+    def _request(
         self, scope: Scope, first: dict[str, Any], receive: Receive, body_complete: Callable[[], None]
-    ) -> tuple[Connection, ResponseHead]:
-        method = scope["method"]
+    ) -> httpcore.Request:
         target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        headers = [(name, value) for name, value in scope["headers"] if name not in _DROP_FROM_REQUEST]
-        body = first.get("body", b"")
-        streamed = bool(first.get("more_body", False))
-        if not streamed:
+        content: Union[bytes, AsyncIterator[bytes]]
+        if first.get("more_body", False):
+            content = self._stream_body(first, receive, body_complete)
+            headers = request_headers(scope["headers"], self._host, None)
+        else:
             body_complete()
-        for attempt in (0, 1):
-            connection = await self._pool.acquire(fresh=attempt > 0)
-            try:
-                writer = connection.writer
-                if not streamed:
-                    framed, _ = body_framing(headers, len(body))
-                    writer.write(request_head(method, target, self._host, framed) + body)
-                else:
-                    await self._stream_body(connection, method, target, headers, body, receive)
-                    body_complete()
-                return connection, await read_head(connection.reader, method)
-            except (UpstreamUnavailable, OSError) as exc:
-                self._pool.release(connection, reusable=False)
-                if attempt == 0 and connection.reused and not streamed:
-                    continue  # the server had closed this idle connection: once more on a fresh one
-                if isinstance(exc, UpstreamUnavailable):
-                    raise
-                raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            except BaseException:
-                self._pool.release(connection, reusable=False)
-                raise
-        raise AssertionError("unreachable")
+            content = first.get("body", b"")
+            headers = request_headers(scope["headers"], self._host, len(content))
+        return httpcore.Request(
+            scope["method"],
+            httpcore.URL(scheme=self._scheme, host=self._hostname, port=self._port, target=target),
+            headers=headers,
+            content=content,
+            extensions=self._extensions,
+        )
 
     async def _stream_body(
-        self, connection: Connection, method: str, target: bytes, headers: list, data: bytes, receive: Receive
-    ) -> None:
-        framed, chunked = body_framing(headers, None)
-        writer = connection.writer
-        writer.write(request_head(method, target, self._host, framed))
-        more = True
+        self, first: dict[str, Any], receive: Receive, body_complete: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
+        """The client's body as it arrives; a disconnect half-way ends the exchange."""
+        message = first
         while True:
-            if data:
-                writer.write(chunk(data) if chunked else data)
-                await writer.drain()
+            data = message.get("body", b"")
+            more = bool(message.get("more_body", False))
             if not more:
-                break
+                body_complete()
+            if data:
+                yield data
+            if not more:
+                return
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _ClientGone()
-            data = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-        if chunked:
-            writer.write(LAST_CHUNK)
 
-    async def _relay(self, head: ResponseHead, connection: Connection, send: Send, flags: dict[str, bool]) -> bool:
-        """Send the response on; True when it was relayed to its end."""
-        self._metrics.passthrough.labels(status=str(head.status)).inc()
-        headers = [(name.lower(), value) for name, value in head.headers if name.lower() not in _DROP_FROM_RESPONSE]
-        await send({"type": "http.response.start", "status": head.status, "headers": headers})
-        remaining = head.length
+    async def _relay(self, scope: Scope, response: httpcore.Response, send: Send, flags: dict[str, bool]) -> None:
+        """Send the response on as its body arrives; a body that breaks off cuts the client's response too."""
+        self._metrics.passthrough.labels(status=str(response.status)).inc()
+        headers = response_headers(response.headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        remaining = _body_length(scope["method"].encode(), response.status, response.headers)
+        finished = False
         try:
-            if remaining == 0:
-                flags["done"] = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return True
-            async for data in read_body(connection.reader, head):
-                if remaining > 0:
-                    remaining -= len(data)
-                    if remaining == 0:  # the whole body: one message when it came in one read
-                        flags["done"] = True
-                        await send({"type": "http.response.body", "body": data, "more_body": False})
-                        return True
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-        except (UpstreamUnavailable, OSError) as exc:
-            # The status line is gone already: end the connection so the client sees a cut response.
-            log.warning("upstream response broke off: %s", exc)
+            async with contextlib.aclosing(response.aiter_stream()) as body:
+                async for data in body:
+                    if finished or not data:
+                        continue  # past the declared end only the end of the message is left to read
+                    if remaining > 0:
+                        remaining -= len(data)
+                        if remaining <= 0:  # the whole body: one message when it came in one read
+                            flags["done"] = finished = True
+                            await send({"type": "http.response.body", "body": data, "more_body": False})
+                            continue
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+        except _UPSTREAM_ERRORS as exc:
+            # The status line is gone already: returning unfinished makes the server cut the client's connection.
+            log.warning("upstream response broke off: %s", self._describe(exc))
             self._metrics.errors.labels(kind="passthrough").inc()
-            return False
-        flags["done"] = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
+            return
+        if not finished:
+            flags["done"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _describe(self, exc: Exception) -> str:
+        what = str(exc) or "no details"
+        if isinstance(exc, (httpcore.ConnectError, httpcore.ConnectTimeout)):
+            return f"cannot connect to {self._host.decode()} ({type(exc).__name__}: {what})"
+        return f"{type(exc).__name__}: {what}"
