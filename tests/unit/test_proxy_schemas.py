@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import types
 
 import pytest
@@ -109,30 +106,20 @@ def test_restructure_request_defaults() -> None:
 
 @pytest.fixture(scope="module")
 def paddlex_schemas() -> types.ModuleType:
-    """paddlex's serving schema, loaded without its serving extra (only pydantic is needed)."""
-    inference = pytest.importorskip("paddlex.inference")
-    base = os.path.join(os.path.dirname(inference.__file__), "serving")
-    names = {
-        "paddlex.inference.serving": base,
-        "paddlex.inference.serving.infra": os.path.join(base, "infra"),
-        "paddlex.inference.serving.schemas": os.path.join(base, "schemas"),
-    }
-    saved = {name: sys.modules.get(name) for name in names}
-    for name, path in names.items():
-        package = types.ModuleType(name)
-        package.__path__ = [path]
-        sys.modules[name] = package
-    try:
-        module = importlib.import_module("paddlex.inference.serving.schemas.paddleocr_vl")
-        infra = importlib.import_module("paddlex.inference.serving.infra.models")
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-    module.infra_models = infra  # type: ignore[attr-defined]
-    return module
+    """paddlex's PaddleOCR-VL serving schema."""
+    pytest.importorskip("paddlex")
+    from paddlex.inference.serving.schemas import paddleocr_vl
+
+    return paddleocr_vl
+
+
+@pytest.fixture(scope="module")
+def paddlex_envelopes() -> types.ModuleType:
+    """paddlex's response envelopes and data info models."""
+    pytest.importorskip("paddlex")
+    from paddlex.inference.serving.infra import models
+
+    return models
 
 
 def _shape(model: type[BaseModel]) -> dict[str, tuple[bool, object]]:
@@ -162,16 +149,18 @@ def test_fields_match_paddlex(paddlex_schemas: types.ModuleType, ours: str, thei
     ("ours", "theirs"),
     [("ErrorResponse", "AIStudioNoResultResponse"), ("ImageInfo", "ImageInfo"), ("PDFInfo", "PDFInfo")],
 )
-def test_envelopes_match_paddlex(paddlex_schemas: types.ModuleType, ours: str, theirs: str) -> None:
-    assert _shape(getattr(schemas, ours)) == _shape(getattr(paddlex_schemas.infra_models, theirs))
+def test_envelopes_match_paddlex(paddlex_envelopes: types.ModuleType, ours: str, theirs: str) -> None:
+    assert _shape(getattr(schemas, ours)) == _shape(getattr(paddlex_envelopes, theirs))
 
 
-def test_success_envelope_matches_paddlex(paddlex_schemas: types.ModuleType) -> None:
-    theirs = paddlex_schemas.infra_models.AIStudioResultResponse
+def test_success_envelope_matches_paddlex(paddlex_envelopes: types.ModuleType) -> None:
+    theirs = paddlex_envelopes.AIStudioResultResponse
     assert _shape(schemas.ResultResponse) == _shape(theirs)
 
 
-def test_our_response_validates_against_paddlex(paddlex_schemas: types.ModuleType) -> None:
+def test_our_response_validates_against_paddlex(
+    paddlex_schemas: types.ModuleType, paddlex_envelopes: types.ModuleType
+) -> None:
     page = schemas.LayoutParsingResult(
         prunedResult={"page_count": None, "parsing_res_list": []},
         markdown=schemas.MarkdownData(text="", images={"imgs/a.jpg": "AAAA"}),
@@ -182,7 +171,7 @@ def test_our_response_validates_against_paddlex(paddlex_schemas: types.ModuleTyp
         dataInfo=schemas.PDFInfo(numPages=1, pages=[schemas.PDFPageInfo(width=1, height=1)]),
     )
     body = schemas.dump_response(schemas.ResultResponse[schemas.InferResult](logId="x", result=result))
-    checked = paddlex_schemas.infra_models.AIStudioResultResponse[paddlex_schemas.InferResult].model_validate(body)
+    checked = paddlex_envelopes.AIStudioResultResponse[paddlex_schemas.InferResult].model_validate(body)
     assert checked.result.dataInfo.numPages == 1
 
 
