@@ -3,17 +3,18 @@
 `plan_vram` is pure: model needs + a GPU snapshot + options in, a `VramPlan` out (or a `VramError` whose
 message is the refusal a user reads). It mirrors the check vLLM makes at start-up
 (v1/worker/utils.py:request_memory): vLLM takes its own memory snapshot after creating its CUDA context
-and refuses unless `free >= ceil(gpu_memory_utilization * total)`, so the plan refuses (or lowers the
+(and NCCL buffers, with tensor parallelism) and refuses unless `free >= ceil(gpu_memory_utilization * total)`, so the plan refuses (or lowers the
 concurrency) before vLLM would.
 
 How the fraction is built (vLLM >= 0.11 with --kv-cache-memory-bytes):
   KV cache   = max(concurrency x tokens per request, max_model_len) x KV bytes per token
-  needed     = weights + model buffers + profiling peak + non-torch + CUDA graphs + CUDA context + KV cache
+  needed     = weights + model buffers + profiling peak + non-torch + CUDA graphs + CUDA context
+               (+ NCCL buffers with tensor parallelism) + KV cache
   fraction   = needed x (1 + margin) / total, rounded up to 0.01
 vLLM then gets `--gpu-memory-utilization <fraction> --kv-cache-memory-bytes <KV cache>`: the KV cache is
 exactly what the concurrency needs and the fraction (what GPUStack books, total x fraction) covers all
 the process holds, its CUDA context included. Without --kv-cache-memory-bytes vLLM gives the KV cache
-whatever the fraction leaves after its profiling, and its CUDA context sits outside the fraction.
+whatever the fraction leaves after its profiling, and its CUDA context and NCCL buffers sit outside it.
 """
 
 from __future__ import annotations
@@ -123,12 +124,21 @@ class MemoryBreakdown(BaseModel):
     non_torch: int
     cuda_graphs: int
     cuda_context: int
+    nccl_buffers: int  # tensor parallelism only
     kv_cache: int
+
+    @property
+    def before_snapshot(self) -> int:
+        """What vLLM holds before its start-up check (CUDA context, NCCL): never free when it checks."""
+        return self.cuda_context + self.nccl_buffers
 
     @property
     def without_kv(self) -> int:
         """Everything but the KV cache (what vLLM itself needs before any request)."""
-        return self.weights + self.model_buffers + self.activation_peak + self.non_torch + self.cuda_graphs + self.cuda_context
+        return (
+            self.weights + self.model_buffers + self.activation_peak + self.non_torch + self.cuda_graphs
+            + self.before_snapshot
+        )
 
     @property
     def total(self) -> int:
@@ -143,6 +153,7 @@ class MemoryBreakdown(BaseModel):
             ("CUDA graphs", self.cuda_graphs),
             ("non-torch", self.non_torch),
             ("CUDA context", self.cuda_context),
+            *([("NCCL", self.nccl_buffers)] if self.nccl_buffers else []),
             ("KV cache", self.kv_cache),
         ]
         return ", ".join(f"{name} {format_bytes(value)}" for name, value in parts)
@@ -237,16 +248,17 @@ def _breakdown(needs: ModelMemoryNeeds, options: VramOptions, concurrency: int, 
         weights=needs.weight_bytes_per_gpu(tp),
         model_buffers=MODEL_BUFFER_BYTES,
         activation_peak=needs.activation_peak_bytes(seqs),
-        non_torch=NON_TORCH_BYTES + (NCCL_BYTES if tp > 1 else 0),
+        non_torch=NON_TORCH_BYTES,
         cuda_graphs=0 if options.enforce_eager else cuda_graph_bytes(seqs),
         cuda_context=CUDA_CONTEXT_BYTES,
+        nccl_buffers=NCCL_BYTES if tp > 1 else 0,
         kv_cache=kv_bytes,
     )
 
 
 def _inside_fraction(parts: MemoryBreakdown, options: VramOptions) -> int:
-    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, all but the context without."""
-    return parts.total if options.kv_cache_flag_supported else parts.total - parts.cuda_context
+    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, else what vLLM profiles."""
+    return parts.total if options.kv_cache_flag_supported else parts.total - parts.before_snapshot
 
 
 def _fraction_for(inside: int, gpus: list[PlannedGpu], margin: float, step: float = FRACTION_STEPS[0]) -> float:
@@ -254,9 +266,9 @@ def _fraction_for(inside: int, gpus: list[PlannedGpu], margin: float, step: floa
     return max(_ceil_step(inside * (1 + margin) / gpu.cuda_total_bytes, step) for gpu in gpus)
 
 
-def _shortfall(fraction: float, gpus: list[PlannedGpu], context: int) -> tuple[PlannedGpu, int]:
+def _shortfall(fraction: float, gpus: list[PlannedGpu], before_snapshot: int) -> tuple[PlannedGpu, int]:
     """The tightest GPU and by how much vLLM's start-up check would miss on it (<= 0: it passes)."""
-    misses = [(_requested(fraction, gpu) + context - gpu.free_bytes, gpu) for gpu in gpus]
+    misses = [(_requested(fraction, gpu) + before_snapshot - gpu.free_bytes, gpu) for gpu in gpus]
     miss, gpu = max(misses, key=lambda item: item[0])
     return gpu, miss
 
@@ -267,7 +279,7 @@ def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[Pl
     tried = []
     for step in FRACTION_STEPS:
         fraction = _fraction_for(inside, gpus, options.margin, step)
-        tightest, miss = _shortfall(fraction, gpus, parts.cuda_context)
+        tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
         if fraction <= 1.0 and miss <= 0:
             return fraction, tightest, miss
         tried.append((fraction, tightest, miss))
@@ -286,11 +298,12 @@ def _blocks(n: int) -> str:
 
 def _refusal(gpu: PlannedGpu, fraction: float, what: str, parts: MemoryBreakdown, advice: str) -> VramError:
     requested = _requested(min(fraction, 1.0), gpu)
-    needed = requested + parts.cuda_context
+    needed = requested + parts.before_snapshot
+    before = "the CUDA context and NCCL buffers" if parts.nccl_buffers else "the CUDA context"
     message = (
         f"{gpu.label()} has {format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.cuda_total_bytes)}, "
         f"but {what} needs {format_bytes(needed)} free at start-up: --gpu-memory-utilization {fraction_text(fraction)} "
-        f"({format_bytes(requested)}: {parts.describe()}, with margin and rounding) plus the CUDA context vLLM "
+        f"({format_bytes(requested)}: {parts.describe()}, with margin and rounding) plus {before} vLLM "
         f"creates before it checks; memory is held by {gpu.holders()}. {advice}"
     )
     return VramError(message, gpu=gpu, needed_bytes=needed)
@@ -430,10 +443,11 @@ def _plan_own_fraction(
         kv_flag = parts.kv_cache
         claim = _requested(fraction, tightest)
     else:
-        claim = _requested(fraction, tightest) + parts.cuda_context
+        claim = _requested(fraction, tightest) + parts.before_snapshot
         notes.append(
-            "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and its CUDA "
-            f"context ({format_bytes(parts.cuda_context)}) sits outside what a control plane books"
+            "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and what it "
+            f"holds before its start-up check ({format_bytes(parts.before_snapshot)}) sits outside what a "
+            "control plane books"
         )
     if user_kv is not None:
         implied = max(0, user_kv // (needs.tokens_per_request * needs.kv_bytes_per_token_per_gpu(options.tensor_parallel_size)))
@@ -457,7 +471,7 @@ def _plan_user_fraction(
     user_kv = options.kv_cache_memory_bytes
     # Size the profiling estimate for the concurrency asked (or the user's --max-num-seqs).
     probe = _breakdown(needs, options, requested, 0)
-    overhead = probe.without_kv - probe.cuda_context  # what vLLM takes out of its budget before the KV cache
+    overhead = probe.without_kv - probe.before_snapshot  # what vLLM takes out of its budget before the KV cache
     smallest = min(gpus, key=lambda gpu: gpu.cuda_total_bytes)
     budget = _requested(fraction, smallest)
     kv_room = user_kv if user_kv is not None else budget - overhead
@@ -474,7 +488,7 @@ def _plan_user_fraction(
     implied = max(1, kv_room // per_request) if per_request else requested
     concurrency = min(requested, implied)
     parts = _breakdown(needs, options, concurrency, kv_room)
-    tightest, miss = _shortfall(fraction, gpus, parts.cuda_context)
+    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
     if miss > 0:
         raise _refusal(
             tightest, fraction, f"the user's --gpu-memory-utilization {fraction:g}", parts,
@@ -484,7 +498,7 @@ def _plan_user_fraction(
         notes.append(f"the user's --gpu-memory-utilization {fraction:g} leaves KV cache for about {implied} in-flight blocks, fewer than {requested}")
     # vLLM fills the fraction and its context comes on top; a fixed KV cache holds only what the parts add up to.
     booked = _requested(fraction, tightest)
-    claim = booked + parts.cuda_context if user_kv is None else max(booked, parts.total)
+    claim = booked + parts.before_snapshot if user_kv is None else max(booked, parts.total)
     notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,

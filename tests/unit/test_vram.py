@@ -15,6 +15,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
     BLOCK_MAX_PIXELS,
     CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
     PLANNING_NEW_TOKENS,
     read_memory_needs,
 )
@@ -68,9 +69,10 @@ def card(name: str, env: dict | None = None) -> GpuSnapshot:
 
 
 def vllm_starts(plan: vram.VramPlan) -> bool:
-    """vLLM's own start-up check (v1/worker/utils.py:request_memory), after it created its CUDA context."""
+    """vLLM's own start-up check (v1/worker/utils.py:request_memory), after its CUDA context and NCCL buffers."""
+    before = CUDA_CONTEXT_BYTES + (NCCL_BYTES if len(plan.gpus) > 1 else 0)
     return all(
-        gpu.free_bytes - CUDA_CONTEXT_BYTES >= math.ceil(plan.gpu_memory_utilization * gpu.cuda_total_bytes)
+        gpu.free_bytes - before >= math.ceil(plan.gpu_memory_utilization * gpu.cuda_total_bytes)
         for gpu in plan.gpus
     )
 
@@ -288,6 +290,22 @@ def test_tensor_parallel_plans_each_gpu_and_refuses_on_the_tightest(needs):
     assert plan.breakdown.kv_cache < single.breakdown.kv_cache
     with pytest.raises(VramError, match="GPU 1 .*vllm \\(pid 9910"):
         plan_vram(needs, snap, VramOptions(tensor_parallel_size=2, gpu_memory_utilization=0.5))
+
+
+def test_tensor_parallel_leaves_room_for_nccl_buffers_taken_before_vllms_check(needs):
+    # vLLM sets up NCCL before its start-up snapshot, so those buffers are not free when it checks.
+    planned = 0
+    for free in range(3 * GiB, 8 * GiB, 64 * MiB):
+        try:
+            plan = plan_vram(needs, card("l4_x2_one_busy"), VramOptions(tensor_parallel_size=2, gpu_free_bytes=free))
+        except VramError as exc:
+            assert exc.needed_bytes > free
+            continue
+        planned += 1
+        assert vllm_starts(plan), format_bytes(free)
+        assert plan.breakdown.nccl_buffers == NCCL_BYTES
+        assert plan.claim_bytes >= plan.needed_bytes
+    assert planned > 0
 
 
 def test_tensor_parallel_larger_than_the_visible_gpus_is_refused(needs):
