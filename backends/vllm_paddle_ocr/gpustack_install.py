@@ -69,28 +69,30 @@ def _is_runnable(path: Path) -> bool:
 
 def install(bin_dir: Path, name: str, target: Path) -> InstallResult:
     """Link <bin_dir>/<name> to target; a link already there is replaced, a real file is left alone."""
+    target = Path(target).absolute()  # a relative link would resolve against bin_dir, not here
     if not _is_runnable(target):
         raise InstallError(f"{target} is not an executable file; refusing to link GPUStack to it")
     link = bin_dir / name
     if link.is_symlink():
-        if link.resolve() == target.resolve() and os.readlink(link) == str(target):
+        if os.readlink(link) == str(target):
             return InstallResult(link=link, target=target, changed=False)
     elif link.exists():
         raise InstallError(
             f"{link} exists and is not a link (another vLLM build GPUStack installed?); "
             "move it away, then run install again"
         )
+    staging = bin_dir / f".{name}.installing"
     try:
         bin_dir.mkdir(parents=True, exist_ok=True)
-        staging = bin_dir / f".{name}.installing"
         if staging.is_symlink() or staging.exists():
             staging.unlink()
         staging.symlink_to(target)
-        os.replace(staging, link)
+        if not _is_runnable(staging):
+            staging.unlink()
+            raise InstallError(f"a link to {target} does not resolve to an executable from {bin_dir}; check {target}")
+        os.replace(staging, link)  # atomic: the worker sees the old link or the new one, never none
     except PermissionError as exc:
         raise InstallError(f"cannot write {link}: {exc.strerror}; run as the user GPUStack runs as (often root)") from None
-    if not _is_runnable(link):
-        raise InstallError(f"{link} was written but does not resolve to an executable; check {target}")
     return InstallResult(link=link, target=target, changed=True)
 
 

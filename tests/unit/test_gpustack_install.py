@@ -87,6 +87,17 @@ def test_a_regular_file_at_the_worker_path_is_left_alone(tmp_path, capsys):
     assert existing.read_text().startswith("#!/bin/sh") and not existing.is_symlink()
 
 
+def test_a_relative_target_is_linked_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_executable(tmp_path / "venv" / "bin" / "vllm_paddle_ocr")
+    bin_dir = tmp_path / "gpustack" / "bin"
+    result = install(bin_dir, "vllm_paddle_ocr", Path("venv/bin/vllm_paddle_ocr"))
+    link = bin_dir / "vllm_paddle_ocr"
+    assert link.exists() and Path(os.readlink(link)).is_absolute()
+    assert result.target == tmp_path / "venv" / "bin" / "vllm_paddle_ocr"
+    assert not install(bin_dir, "vllm_paddle_ocr", Path("venv/bin/vllm_paddle_ocr")).changed
+
+
 def test_install_refuses_a_target_that_does_not_run(tmp_path):
     target = tmp_path / "vllm_paddle_ocr"
     target.write_text("not executable")
