@@ -68,8 +68,8 @@ def plan_vram(runtime: Runtime, request: ServeRequest, model, engine):
 def build_launch_plan(runtime: Runtime, request: ServeRequest, model, engine, vram):
     if not _ours(runtime):
         return None
-    with resources.as_file(resources.files("vllm_paddle_ocr.templates") / model.chat_template) as template:
-        chat_template = Path(template)
+    # Templates ship as files inside the installed package, so their path outlives this call.
+    chat_template = Path(str(resources.files("vllm_paddle_ocr.templates").joinpath(model.chat_template)))
     return launch_plan.build_launch_plan(
         request,
         model,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .engine import EngineInfo
 from .model_repo import ModelRepo
 from .serve_args import ServeRequest, split_flags
-from .vram import VramPlan
+from .vram import DEFAULT_CONCURRENCY, VramPlan
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 UPSTREAM_HOST = "127.0.0.1"
@@ -167,7 +167,7 @@ def build_launch_plan(
         "--served-model-name", *names,
     ]
     env = {name: environ[name] for name in DEVICE_ENV if name in environ}
-    concurrency = vram.concurrency if vram is not None and vram.concurrency else (request.concurrency or 16)
+    concurrency = vram.concurrency if vram is not None else (request.concurrency or DEFAULT_CONCURRENCY)
     proxy = ProxySettings(
         host=request.host,
         port=request.port,

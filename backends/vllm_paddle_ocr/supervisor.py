@@ -103,8 +103,9 @@ def kill_tree(root_pid: int | None, *, wait_s: float = KILL_WAIT_S) -> list[int]
 class Supervisor:
     """Runs vLLM and the proxy; the first to die (or a signal) ends both."""
 
-    def __init__(self, plan: LaunchPlan, *, pm: Any = None) -> None:
+    def __init__(self, plan: LaunchPlan) -> None:
         self.plan = plan
+        self.tasks: set[asyncio.Task] = set()  # referenced so the loop does not drop them
         self.proc: asyncio.subprocess.Process | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.stopping = asyncio.Event()
@@ -125,8 +126,15 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_child_preexec,
         )
-        asyncio.create_task(self._pump(self.proc.stdout, sys.stdout))
-        asyncio.create_task(self._pump(self.proc.stderr, sys.stderr))
+        for stream, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr)):
+            self.spawn(self._pump(stream, out))
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        """A background task that lives as long as the supervisor."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _pump(self, stream: asyncio.StreamReader | None, out: Any) -> None:
         if stream is None:
@@ -189,7 +197,7 @@ class Supervisor:
         code = self.proc.returncode
         if self.stopping.is_set():
             return
-        self.exit_code = code or 1
+        self.exit_code = 128 - code if code < 0 else (code or 1)  # killed by signal N: 128 + N, as shells say
         when = "while serving" if self.state is not None and self.state.ready else "during start-up"
         if self.state is not None:
             self.state.mark_failed(f"vLLM exited with code {code}")
@@ -235,11 +243,12 @@ async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -
     server = build_server(plan, sup.state)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        detector = asyncio.create_task(asyncio.to_thread(_load_detector, plan))
+        # vLLM first: its start-up hook (preexec_fn) is only safe while this process has no other threads.
         await sup.start_vllm()
-        asyncio.create_task(sup.watch_vllm())
-        ready = asyncio.create_task(sup.wait_ready())
-        stop = asyncio.create_task(sup.stopping.wait())
+        detector = sup.spawn(asyncio.to_thread(_load_detector, plan))
+        sup.spawn(sup.watch_vllm())
+        ready = sup.spawn(sup.wait_ready())
+        stop = sup.spawn(sup.stopping.wait())
         await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
