@@ -140,7 +140,9 @@ def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
 
 def budget_parameter(card_bytes: int = PLANNED_CARD_BYTES) -> str:
     """The budget as GPUStack's scheduler reads it: one `--gpu-memory-utilization=X` item."""
-    return f"--gpu-memory-utilization={planned_fraction(card_bytes):.2f}"
+    from .vram import gpustack_parameter
+
+    return gpustack_parameter(planned_fraction(card_bytes))
 
 
 def recommended_parameters() -> list[str]:

@@ -186,7 +186,7 @@ class VramPlan(BaseModel):
         """The backend_parameters item GPUStack reads to book total x fraction on each GPU."""
         if self.gpu_memory_utilization is None:
             return None
-        return f"--gpu-memory-utilization={fraction_text(self.gpu_memory_utilization)}"
+        return gpustack_parameter(self.gpu_memory_utilization)
 
     def vllm_args(self) -> list[str]:
         """The vLLM flags this plan decides; the launch plan skips any the user typed himself."""
@@ -221,6 +221,11 @@ def fraction_text(fraction: float) -> str:
     """A fraction as vLLM and GPUStack should read it: two decimals, three when the plan used 0.001 steps."""
     two = f"{fraction:.2f}"
     return two if abs(float(two) - fraction) < 1e-9 else f"{fraction:.3f}"
+
+
+def gpustack_parameter(fraction: float) -> str:
+    """The fraction as one backend_parameters item in the `=` form GPUStack's schedulers read."""
+    return f"--gpu-memory-utilization={fraction_text(fraction)}"
 
 
 def _ceil_step(value: float, step: float = FRACTION_STEPS[0]) -> float:

@@ -59,6 +59,18 @@ def test_budget_is_planned_for_the_stated_card_and_shrinks_on_larger_cards():
         assert catalog.planned_fraction(card * GiB) * card * GiB > catalog.PUBLISHED_WEIGHT_BYTES
 
 
+def test_the_parameter_books_exactly_the_planned_fraction_even_in_thousandths():
+    # On a small card the plan rounds to 0.001 (0.01 would not fit); rounding it to 0.01 would book
+    # less than the instance takes, or ask vLLM for more than is free.
+    thousandths = 0
+    for mib in range(5632, 6144, 16):  # 5.5 to 6 GiB: the model fits, with little to spare
+        card = mib * 1024**2
+        fraction = catalog.planned_fraction(card)
+        assert _fraction(catalog.backend_parameters(card)) == fraction
+        thousandths += round(fraction, 2) != fraction
+    assert thousandths > 0
+
+
 def test_gpustack_fits_several_instances_on_the_planned_card():
     # GPUStack 0.7's vLLM selector: an instance fits when (total - booked - reserved) / total >= its fraction.
     total = catalog.PLANNED_CARD_BYTES
