@@ -2,6 +2,7 @@
 
 import base64
 import io
+import struct
 
 import pytest
 from PIL import Image
@@ -138,6 +139,28 @@ def test_multi_frame_tiff_is_a_document_of_pages():
     assert data_info(doc, sizes)["type"] == "tiff"
     with pytest.raises(LimitExceeded):
         open_document(buffer.getvalue(), "IMAGE", InputLimits(10**9, 1, 10**9))
+
+
+def tiff_of_tiny_frames(count: int) -> bytes:
+    """A TIFF of `count` 1x1 grey frames sharing one pixel: a few bytes per page."""
+    ifd_size = 2 + 8 * 12 + 4
+    pixel_at = 8 + count * ifd_size
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for index in range(count):
+        tags = ((256, 1), (257, 1), (258, 8), (259, 1), (262, 1), (273, pixel_at), (278, 1), (279, 1))
+        out += struct.pack("<H", len(tags))
+        for tag, value in tags:
+            out += struct.pack("<HHII", tag, 4, 1, value)
+        out += struct.pack("<I", 8 + (index + 1) * ifd_size if index + 1 < count else 0)
+    return bytes(out + b"\x80")
+
+
+@pytest.mark.timeout(60)
+def test_a_tiff_of_countless_frames_is_refused_without_walking_them_all():
+    assert open_document(tiff_of_tiny_frames(3), "IMAGE", LIMITS).page_count == 3
+    with pytest.raises(LimitExceeded) as info:
+        open_document(tiff_of_tiny_frames(300_000), "IMAGE", LIMITS)
+    assert "more than 10 pages" in info.value.message and "at most 10" in info.value.message
 
 
 def test_exif_rotation_is_applied_like_opencv_does():

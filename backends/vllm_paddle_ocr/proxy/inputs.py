@@ -250,19 +250,12 @@ def _open_image(data: bytes, fmt: str, limits: InputLimits) -> Document:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault
         raise InputError(f"{INVALID_FILE}: the {fmt} image cannot be read ({exc})") from None
-    frames = getattr(image, "n_frames", 1) if fmt == "TIFF" else 1
-    if frames > 1:
-        if frames > limits.max_pages:
-            raise LimitExceeded(_too_many_pages("TIFF", frames, limits.max_pages))
-        for index in range(frames):
-            try:
-                image.seek(index)
-            except Exception as exc:  # noqa: BLE001
-                raise InputError(f"{INVALID_FILE}: TIFF frame {index + 1} cannot be read ({exc})") from None
-            width, height = image.size
+    sizes = _tiff_frame_sizes(image, limits.max_pages) if fmt == "TIFF" else [image.size]
+    if len(sizes) > 1:
+        for index, (width, height) in enumerate(sizes):
             if width * height > limits.max_page_pixels:
                 raise InputError(pixel_limit_message(width, height, limits.max_page_pixels, index + 1))
-        return TiffDocument(image, frames)
+        return TiffDocument(image, len(sizes))
     width, height = image.size
     if width * height > limits.max_page_pixels:
         raise InputError(pixel_limit_message(width, height, limits.max_page_pixels, None))
@@ -281,7 +274,29 @@ def _open_image(data: bytes, fmt: str, limits: InputLimits) -> Document:
     return ImageDocument(rgb)
 
 
-def _too_many_pages(what: str, pages: int, limit: int) -> str:
+def _tiff_frame_sizes(image: Image.Image, max_pages: int) -> list[tuple[int, int]]:
+    """(width, height) of every TIFF frame, walking no further than one frame past the page limit.
+
+    Pillow's ``n_frames`` walks the whole chain of frames, in time quadratic in their number: a small
+    file holding a million frames would keep a worker busy for hours before the limit is checked.
+    """
+    sizes = [image.size]
+    while True:
+        try:
+            image.seek(len(sizes))
+        except EOFError:
+            break
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault
+            raise InputError(f"{INVALID_FILE}: TIFF frame {len(sizes) + 1} cannot be read ({exc})") from None
+        if len(sizes) == max_pages:
+            raise LimitExceeded(_too_many_pages("TIFF", f"more than {max_pages}", max_pages))
+        sizes.append(image.size)
+    if len(sizes) > 1:
+        image.seek(0)
+    return sizes
+
+
+def _too_many_pages(what: str, pages: int | str, limit: int) -> str:
     return (
         f"The {what} has {pages} pages; this server accepts at most {limit} per request (--max-pages). "
         "Split the document and send the parts as separate requests."
