@@ -19,6 +19,11 @@ import tempfile
 from pathlib import Path
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import (
+    PUBLISHED_PREPROCESSOR_CONFIG,
+    PUBLISHED_TEXT_CONFIG,
+    PUBLISHED_VISION_CONFIG,
+)
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import served_context_length
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
     BLOCK_MAX_PIXELS,
@@ -43,14 +48,6 @@ CARDS = (
 CONCURRENCIES = (1, 16, 64)
 MAX_NUM_BATCHED_TOKENS = 16384  # the vLLM recipe for PaddleOCR-VL, as the launch plan passes it
 GOAL_BYTES = 8 * GiB  # an 80 GiB card at concurrency 64 claims at most this
-
-# PaddleOCR-VL-0.9B as published (flat config.json, ERNIE-4.5-0.3B text model, SigLIP-style encoder).
-TEXT = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 18, "num_attention_heads": 16,
-        "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 131072, "vocab_size": 103424,
-        "rms_norm_eps": 1e-05, "rope_theta": 500000, "hidden_act": "silu"}
-VISION = {"model_type": "paddleocr_vl", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-          "num_attention_heads": 16, "num_channels": 3, "image_size": 384, "patch_size": 14,
-          "spatial_merge_size": 2, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-06}
 PUBLISHED_PARAMETERS = 905_601_648  # what transformers lists for this config, used if it is not installed
 
 
@@ -63,7 +60,9 @@ def tensor_shapes() -> dict[str, list[int]]:
     except ImportError:
         return {"weights": [PUBLISHED_PARAMETERS]}
     hf_logging.set_verbosity_error()  # config-default chatter, not about the sizes
-    config = PaddleOCRVLConfig(text_config=dict(TEXT), vision_config=dict(VISION), tie_word_embeddings=False)
+    config = PaddleOCRVLConfig(
+        text_config=dict(PUBLISHED_TEXT_CONFIG), vision_config=dict(PUBLISHED_VISION_CONFIG), tie_word_embeddings=False
+    )
     with torch.device("meta"):
         model = PaddleOCRVLForConditionalGeneration(config)
     return {name: list(t.shape) for name, t in model.state_dict().items()}
@@ -82,9 +81,10 @@ def write_header_only_model(root: Path) -> Path:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         fh.truncate(8 + len(raw) + offset)
     config = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl",
-              "torch_dtype": "bfloat16", "tie_word_embeddings": False, "vision_config": VISION, **TEXT}
+              "torch_dtype": "bfloat16", "tie_word_embeddings": False, "vision_config": PUBLISHED_VISION_CONFIG,
+              **PUBLISHED_TEXT_CONFIG}
     (root / "config.json").write_text(json.dumps(config))
-    (root / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": 2822400}))
+    (root / "preprocessor_config.json").write_text(json.dumps(PUBLISHED_PREPROCESSOR_CONFIG))
     return root
 
 

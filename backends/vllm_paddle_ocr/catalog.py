@@ -77,28 +77,41 @@ def card_size(card_bytes: int) -> str:
 
 # --- the published models -------------------------------------------------------------------------
 
-# The published checkpoint's text model (ERNIE-4.5-0.3B) and vision encoder, as its flat config.json has
-# them; the 1.5 release keeps the architecture and sizes of the 0.9B one.
-_TEXT_CONFIG = {
+# The published checkpoint's config.json (flat, as PaddlePaddle/PaddleOCR-VL ships it): the text model
+# (ERNIE-4.5-0.3B) and the vision encoder. The 1.5 release keeps the architecture and sizes.
+PUBLISHED_TEXT_CONFIG = {
     "hidden_size": 1024,
     "intermediate_size": 3072,
     "num_hidden_layers": 18,
     "num_attention_heads": 16,
     "num_key_value_heads": 2,
     "head_dim": 128,
+    "hidden_act": "silu",
     "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 500000,
+    "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+    "use_bias": False,
     "vocab_size": 103424,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
-_VISION_CONFIG = {
+PUBLISHED_VISION_CONFIG = {
+    "model_type": "paddleocr_vl",
     "hidden_size": 1152,
     "intermediate_size": 4304,
     "num_hidden_layers": 27,
     "num_attention_heads": 16,
+    "num_channels": 3,
+    "image_size": 384,
     "patch_size": 14,
     "spatial_merge_size": 2,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-06,
 }
 # preprocessor_config.json of the published repositories.
-_PREPROCESSOR_CONFIG = {"min_pixels": 147384, "max_pixels": 2822400, "patch_size": 14, "merge_size": 2}
+PUBLISHED_PREPROCESSOR_CONFIG = {"min_pixels": 147384, "max_pixels": 2822400, "patch_size": 14, "merge_size": 2}
 # model.safetensors of the published repositories: about 1.9 GB of bf16 weights.
 PUBLISHED_WEIGHT_BYTES = 1_900_000_000
 
@@ -113,11 +126,11 @@ def _write_published_model(target: Path) -> None:
         "architectures": ["PaddleOCRVLForConditionalGeneration"],
         "model_type": "paddleocr_vl",
         "torch_dtype": "bfloat16",
-        **_TEXT_CONFIG,
-        "vision_config": {"model_type": "paddleocr_vl", **_VISION_CONFIG},
+        **PUBLISHED_TEXT_CONFIG,
+        "vision_config": PUBLISHED_VISION_CONFIG,
     }
     (target / "config.json").write_text(json.dumps(config))
-    (target / "preprocessor_config.json").write_text(json.dumps(_PREPROCESSOR_CONFIG))
+    (target / "preprocessor_config.json").write_text(json.dumps(PUBLISHED_PREPROCESSOR_CONFIG))
     elements = PUBLISHED_WEIGHT_BYTES // 2
     header = json.dumps({"weights": {"dtype": "BF16", "shape": [elements], "data_offsets": [0, 2 * elements]}}).encode()
     header += b" " * (-len(header) % 8)

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr import memory_needs as mn
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import PUBLISHED_TEXT_CONFIG, PUBLISHED_VISION_CONFIG
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import MemoryNeedsError, read_memory_needs
 
-# PaddleOCR-VL-0.9B as published: ERNIE-4.5-0.3B text model, SigLIP-style vision encoder.
-TEXT = {
-    "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 18, "num_attention_heads": 16,
-    "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 131072, "vocab_size": 103424,
-}
-VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-          "patch_size": 14, "spatial_merge_size": 2}
 SIZES = {"BF16": 2, "F32": 4, "I64": 8, "U8": 1}
 
 
@@ -50,11 +44,11 @@ def write_model(
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     config: dict = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl",
-                    dtype_key: dtype, "vision_config": dict(VISION)}
+                    dtype_key: dtype, "vision_config": dict(PUBLISHED_VISION_CONFIG)}
     if nested:
-        config["text_config"] = dict(TEXT)
+        config["text_config"] = dict(PUBLISHED_TEXT_CONFIG)
     else:
-        config.update(TEXT)
+        config.update(PUBLISHED_TEXT_CONFIG)
     (root / "config.json").write_text(json.dumps(config))
     if max_pixels is not None:
         (root / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": max_pixels}))

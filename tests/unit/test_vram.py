@@ -12,6 +12,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import (
+    PUBLISHED_PREPROCESSOR_CONFIG,
+    PUBLISHED_TEXT_CONFIG,
+    PUBLISHED_VISION_CONFIG,
+)
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
     BLOCK_MAX_PIXELS,
     CUDA_CONTEXT_BYTES,
@@ -28,11 +33,7 @@ CARDS = Path(__file__).parent / "data" / "gpus"
 GiB = 1024**3
 MiB = 1024**2
 
-# The published PaddleOCR-VL-0.9B: config values and its 905,601,648 bf16 parameters.
-TEXT = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 18, "num_attention_heads": 16,
-        "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 131072, "vocab_size": 103424}
-VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-          "patch_size": 14, "spatial_merge_size": 2}
+# The published PaddleOCR-VL-0.9B's bf16 parameters.
 PARAMETERS = 905_601_648
 
 
@@ -40,9 +41,9 @@ def write_paddleocr_vl(root: Path) -> Path:
     """config.json, preprocessor_config.json and a header-only (sparse) model.safetensors of the real size."""
     root.mkdir(parents=True, exist_ok=True)
     config = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl",
-              "torch_dtype": "bfloat16", "vision_config": VISION, **TEXT}
+              "torch_dtype": "bfloat16", "vision_config": PUBLISHED_VISION_CONFIG, **PUBLISHED_TEXT_CONFIG}
     (root / "config.json").write_text(json.dumps(config))
-    (root / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": 2822400}))
+    (root / "preprocessor_config.json").write_text(json.dumps(PUBLISHED_PREPROCESSOR_CONFIG))
     size = PARAMETERS * 2
     header = json.dumps({"weights": {"dtype": "BF16", "shape": [PARAMETERS], "data_offsets": [0, size]}}).encode()
     with (root / "model.safetensors").open("wb") as fh:
