@@ -432,6 +432,43 @@ def test_height_levels_rank_sizes() -> None:
     assert levels[40] == levels[39] == 1 and levels[10] == levels[9] == 4
 
 
+def _least_squares(values: list[int], k: int) -> float:
+    """The smallest within-cluster squared distance of any split of the sorted distinct values into k runs."""
+    from itertools import combinations
+
+    xs = sorted(set(values))
+
+    def spread(run: list[int]) -> float:
+        members = [v for v in values if v in run]
+        mean = sum(members) / len(members)
+        return sum((v - mean) ** 2 for v in members)
+
+    return min(
+        sum(spread(xs[a:b]) for a, b in zip((0, *cuts), (*cuts, len(xs))))
+        for cuts in combinations(range(1, len(xs)), k - 1)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=14))
+def test_height_clusters_are_the_least_squares_split(heights: list[int]) -> None:
+    levels = height_levels(heights)
+    k = len(set(levels.values()))
+    assert k == min(4, len(set(heights)))
+    groups: dict[int, list[int]] = {}
+    for h in heights:
+        groups.setdefault(levels[h], []).append(h)
+    spread = sum(sum((h - sum(g) / len(g)) ** 2 for h in g) for g in groups.values())
+    assert spread == pytest.approx(_least_squares(heights, k), abs=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_a_long_document_of_titles_is_relevelled_without_quadratic_work() -> None:
+    titles = [pb("paragraph_title", "Section", (0, 0, 400, h)) for h in (40, 30, 20, 12) * 12_500]
+    levels = title_levels(titles)
+    assert len(levels) == 50_000 and levels[:4] == [1, 2, 3, 4] and levels[-4:] == [1, 2, 3, 4]
+
+
 def test_relevelled_titles_in_markdown() -> None:
     pages = [
         [

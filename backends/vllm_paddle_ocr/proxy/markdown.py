@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -548,34 +549,46 @@ def title_line_height(block: ParsedBlock) -> int:
 
 
 def _kmeans_1d(values: Sequence[int], k: int) -> list[float]:
-    """Centres of the best k-cluster split of sorted 1-D values (least squared distance)."""
-    xs = sorted(values)
-    n = len(xs)
-    prefix, prefix_sq = [0.0], [0.0]
-    for x in xs:
-        prefix.append(prefix[-1] + x)
-        prefix_sq.append(prefix_sq[-1] + x * x)
+    """Centres of the best split of 1-D values into k clusters (least squared distance), equal values together.
 
-    def cost(i: int, j: int) -> float:  # values i..j-1 in one cluster
-        s, m = prefix[j] - prefix[i], j - i
-        return prefix_sq[j] - prefix_sq[i] - s * s / m
+    Dynamic programming over the distinct values weighted by their counts. The best last cut only
+    moves right as the prefix grows, so each cluster count is solved by divide and conquer: a long
+    document (or a /restructure-pages body of many titles) costs O(k d log d), not O(k n^2).
+    """
+    counts = Counter(values)
+    xs = sorted(counts)
+    d = len(xs)
+    size, total, squares = [0], [0], [0]  # prefix sums over the distinct values, exact integers
+    for x in xs:
+        size.append(size[-1] + counts[x])
+        total.append(total[-1] + counts[x] * x)
+        squares.append(squares[-1] + counts[x] * x * x)
+
+    def cost(i: int, j: int) -> float:  # distinct values i..j-1 in one cluster
+        s = total[j] - total[i]
+        return squares[j] - squares[i] - s * s / (size[j] - size[i])
 
     inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
+    best = [0.0] + [inf] * d  # best cost of the first j distinct values in c - 1 clusters
+    cuts: list[list[int]] = []
     for c in range(1, k + 1):
-        for j in range(c, n + 1):
-            for i in range(c - 1, j):
-                if i > 0 and xs[i] == xs[i - 1]:
-                    continue  # equal values stay in one cluster
-                value = best[c - 1][i] + cost(i, j)
-                if value < best[c][j]:
-                    best[c][j], cut[c][j] = value, i
-    centres, j = [], n
-    for c in range(k, 0, -1):
-        i = cut[c][j]
-        centres.append((prefix[j] - prefix[i]) / (j - i))
+        previous, best, cut = best, [inf] * (d + 1), [0] * (d + 1)
+        pending = [(c, d, c - 1, d - 1)]  # (first j, last j, lowest cut, highest cut)
+        while pending:
+            lo, hi, cut_lo, cut_hi = pending.pop()
+            if lo > hi:
+                continue
+            j = (lo + hi) // 2
+            for i in range(cut_lo, min(j - 1, cut_hi) + 1):
+                value = previous[i] + cost(i, j)
+                if value < best[j]:
+                    best[j], cut[j] = value, i
+            pending += [(lo, j - 1, cut_lo, cut[j]), (j + 1, hi, cut[j], cut_hi)]
+        cuts.append(cut)
+    centres, j = [], d
+    for cut in reversed(cuts):
+        i = cut[j]
+        centres.append((total[j] - total[i]) / (size[j] - size[i]))
         j = i
     return centres
 
