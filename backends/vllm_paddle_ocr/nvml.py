@@ -47,19 +47,28 @@ class GpuInfo(BaseModel):
 
     def label(self) -> str:
         """How messages name this GPU: index, model and UUID."""
-        kind = "MIG device" if self.is_mig else "GPU"
-        return f"{kind} {self.index} ({self.name}, {self.uuid})"
+        return gpu_label(self.index, self.name, self.uuid, is_mig=self.is_mig)
 
     def holders(self) -> str:
         """The processes holding memory, largest first, as one readable phrase."""
-        if not self.processes:
-            return "no process listed by NVML"
-        ordered = sorted(self.processes, key=lambda p: -(p.used_bytes or 0))
-        parts = [
-            f"{p.name} (pid {p.pid}, {format_bytes(p.used_bytes) if p.used_bytes is not None else 'size unknown'})"
-            for p in ordered
-        ]
-        return ", ".join(parts)
+        return describe_holders(self.processes)
+
+
+def gpu_label(index: int, name: str, uuid: str, *, is_mig: bool = False) -> str:
+    """How messages name a GPU: index, model and UUID."""
+    kind = "MIG device" if is_mig else "GPU"
+    return f"{kind} {index} ({name}, {uuid})"
+
+
+def describe_holders(processes: list[GpuProcess]) -> str:
+    """The processes holding memory on a GPU, largest first, as one readable phrase."""
+    if not processes:
+        return "no process listed by NVML"
+    ordered = sorted(processes, key=lambda p: -(p.used_bytes or 0))
+    return ", ".join(
+        f"{p.name} (pid {p.pid}, {format_bytes(p.used_bytes) if p.used_bytes is not None else 'size unknown'})"
+        for p in ordered
+    )
 
 
 class GpuSnapshot(BaseModel):

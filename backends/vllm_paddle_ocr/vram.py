@@ -38,7 +38,7 @@ from .memory_needs import (
     cuda_graph_bytes,
     read_memory_needs,
 )
-from .nvml import GpuProcess, GpuSnapshot, read_snapshot
+from .nvml import NO_GPU, GpuProcess, GpuSnapshot, describe_holders, gpu_label, read_snapshot
 from .sizes import format_bytes, parse_size
 
 # 16 in-flight block requests: PaddleX sends every block of a page at once and a page has 10 to 30
@@ -95,24 +95,19 @@ class PlannedGpu(BaseModel):
     cuda_total_bytes: int  # what vLLM multiplies the fraction with
     free_bytes: int
     processes: list[GpuProcess] = Field(default_factory=list)
+    is_mig: bool = False
 
     def label(self) -> str:
         """How messages name this card."""
-        if self.index is None:
+        if self.index is None or self.uuid is None:
             return self.name
-        return f"GPU {self.index} ({self.name}, {self.uuid})"
+        return gpu_label(self.index, self.name, self.uuid, is_mig=self.is_mig)
 
     def holders(self) -> str:
         """Who holds memory on this card, largest first."""
         if self.index is None:
             return "a planned card; no processes read"
-        if not self.processes:
-            return "no process listed by NVML"
-        ordered = sorted(self.processes, key=lambda p: -(p.used_bytes or 0))
-        return ", ".join(
-            f"{p.name} (pid {p.pid}, {format_bytes(p.used_bytes) if p.used_bytes is not None else 'size unknown'})"
-            for p in ordered
-        )
+        return describe_holders(self.processes)
 
 
 class MemoryBreakdown(BaseModel):
@@ -323,7 +318,7 @@ def _planned_gpus(snapshot: GpuSnapshot | None, options: VramOptions) -> list[Pl
         card = PlannedGpu(name=f"planned card ({format_bytes(total)})", total_bytes=total, cuda_total_bytes=total, free_bytes=free)
         return [card] * tp
     if snapshot is None or not snapshot.available:
-        reason = (snapshot.error if snapshot is not None else None) or "no GPU visible"
+        reason = (snapshot.error if snapshot is not None else None) or NO_GPU
         if snapshot is not None and snapshot.fatal:
             raise VramError(reason)
         return reason
@@ -344,6 +339,7 @@ def _planned_gpus(snapshot: GpuSnapshot | None, options: VramOptions) -> list[Pl
                 cuda_total_bytes=info.cuda_total_bytes,
                 free_bytes=free,
                 processes=info.processes,
+                is_mig=info.is_mig,
             )
         )
     return gpus

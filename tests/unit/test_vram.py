@@ -278,6 +278,7 @@ def test_a_mig_device_is_planned_on_its_own_memory(needs):
     snap = card("a100_80gb_mig", {"CUDA_VISIBLE_DEVICES": "MIG-4d1c7e2a-5b6f-5a8e-9c0d-1e2f3a4b5c6d"})
     plan = plan_vram(needs, snap, VramOptions(concurrency=16))
     assert plan.gpu.cuda_total_bytes == 40192 * MiB and vllm_starts(plan)
+    assert "of MIG device 0 (" in plan.summary()  # named as what CUDA sees, not as the whole card
 
 
 def test_tensor_parallel_plans_each_gpu_and_refuses_on_the_tightest(needs):
