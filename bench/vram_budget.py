@@ -25,13 +25,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import (
     PUBLISHED_VISION_CONFIG,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import served_context_length
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
-    BLOCK_MAX_PIXELS,
-    CUDA_CONTEXT_BYTES,
-    PLANNING_NEW_TOKENS,
-    ModelMemoryNeeds,
-    read_memory_needs,
-)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import CUDA_CONTEXT_BYTES, ModelMemoryNeeds, read_memory_needs
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import GpuSnapshot, RecordedNvml, read_snapshot
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
 
@@ -46,7 +40,6 @@ CARDS = (
     ("RTX 4090 24GB, full", "rtx4090_24gb_full"),
 )
 CONCURRENCIES = (1, 16, 64)
-MAX_NUM_BATCHED_TOKENS = 16384  # the vLLM recipe for PaddleOCR-VL, as the launch plan passes it
 GOAL_BYTES = 8 * GiB  # an 80 GiB card at concurrency 64 claims at most this
 PUBLISHED_PARAMETERS = 905_601_648  # what transformers lists for this config, used if it is not installed
 
@@ -141,15 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = write_header_only_model(Path(tmp))
-        context = served_context_length(model)
-        needs = read_memory_needs(
-            model, max_pixels=BLOCK_MAX_PIXELS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
-            max_new_tokens=PLANNING_NEW_TOKENS, dtype=None, max_model_len=context,
-        )
-        worst = read_memory_needs(
-            model, max_pixels=BLOCK_MAX_PIXELS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
-            max_new_tokens=4096, dtype=None, max_model_len=context,
-        )
+        # What the launch plan passes: the vLLM recipe's flags and its --max-model-len.
+        planned = {**vram.default_needs(), "max_model_len": served_context_length(model)}
+        needs = read_memory_needs(model, **planned)
+        worst = read_memory_needs(model, **{**planned, "max_new_tokens": 4096})
 
     rows = []
     for label, name in CARDS:
@@ -177,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print("PaddleOCR-VL-0.9B: GiB claimed per instance (GPUStack books this; vLLM checks it against free memory)")
     print(
         f"model: {needs.parameter_count:,} parameters, {needs.weight_bytes / GiB:.2f} GiB bf16 weights, "
-        f"{needs.kv_bytes_per_token} KV bytes/token; --max-num-batched-tokens {MAX_NUM_BATCHED_TOKENS}, "
+        f"{needs.kv_bytes_per_token} KV bytes/token; --max-num-batched-tokens {needs.max_num_batched_tokens}, "
         f"--max-model-len {needs.max_model_len}; one block = {needs.image_tokens} image tokens "
         f"(max_pixels {needs.max_pixels}) + {needs.prompt_tokens} prompt + {needs.max_new_tokens} new "
         f"= {needs.tokens_per_request} tokens"

@@ -521,14 +521,8 @@ def budget(
     **needs_kwargs: Any,
 ) -> VramPlan:
     """Read the model's needs (and NVML unless a snapshot or --gpu-total is given), then plan."""
-    kwargs: dict[str, Any] = {
-        "max_pixels": BLOCK_MAX_PIXELS,
-        "max_num_batched_tokens": 16384,
-        "max_new_tokens": PLANNING_NEW_TOKENS,
-        "dtype": None,
-    }
-    kwargs.update(needs_kwargs)
-    if kwargs.get("max_model_len") is None:
+    kwargs = {**default_needs(), **needs_kwargs}
+    if kwargs["max_model_len"] is None:
         from .launch_plan import served_context_length  # the --max-model-len the launch plan will pass
 
         kwargs["max_model_len"] = served_context_length(Path(model_dir))
@@ -575,19 +569,27 @@ def _context_length(text: str) -> int | None:
     return parse_size(text)
 
 
-def needs_from_request(request: Any) -> dict[str, Any]:
-    """The read_memory_needs keyword arguments a ServeRequest implies (the user's vLLM flags win)."""
-    from .launch_plan import RECOMMENDED_FLAGS
+def default_needs() -> dict[str, Any]:
+    """The read_memory_needs keyword arguments for the launch plan's defaults: PaddleX's blocks, the recipe."""
+    from .launch_plan import RECOMMENDED_FLAGS  # launch_plan imports this module
 
-    recommended = dict(RECOMMENDED_FLAGS)
-    batched = _user_number(request, "max-num-batched-tokens", parse_size)
-    if batched is None:
-        batched = int(recommended.get("--max-num-batched-tokens", ("16384",))[0])
+    (batched,) = dict(RECOMMENDED_FLAGS)["--max-num-batched-tokens"]
     return {
         "max_pixels": BLOCK_MAX_PIXELS,
-        "max_num_batched_tokens": batched,
+        "max_num_batched_tokens": parse_size(batched),
         "max_new_tokens": PLANNING_NEW_TOKENS,
+        "dtype": None,
+        "max_model_len": None,  # budget() fills in what the launch plan passes
+        "kv_cache_dtype": None,
+    }
+
+
+def needs_from_request(request: Any) -> dict[str, Any]:
+    """The read_memory_needs keyword arguments a ServeRequest implies (the user's vLLM flags win)."""
+    given = {
+        "max_num_batched_tokens": _user_number(request, "max-num-batched-tokens", parse_size),
         "dtype": request.user_value("dtype"),
         "max_model_len": _user_number(request, "max-model-len", _context_length),
         "kv_cache_dtype": request.user_value("kv-cache-dtype"),
     }
+    return {**default_needs(), **{key: value for key, value in given.items() if value is not None}}
