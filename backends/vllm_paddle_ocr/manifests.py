@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict
 
 from vllm_paddle_ocr.plugin.models import Runtime
 
+from .catalog import RUNTIME_NAME as BUILTIN_RUNTIME
 from .catalog import CatalogEntry
 
 DISTRIBUTION = "vllm-paddle-ocr"
-BUILTIN_RUNTIME = "vllm_paddle_ocr"
 # The vLLM image the runtime's image builds on (the vLLM release the VRAM estimates cite).
 VLLM_BASE_IMAGE = "vllm/vllm-openai:v0.32.0"
 IMAGE_REPOSITORY = "vllm-paddle-ocr"
@@ -89,9 +89,13 @@ def image_variants(package_version: str) -> list[ImageVariant]:
     ]
 
 
+def _dashed(runtime: Runtime) -> str:
+    return runtime.name.replace("_", "-")
+
+
 def backend_name(runtime: Runtime) -> str:
     """GPUStack 2.x's name for a custom backend: dashes, and the `-custom` suffix it requires."""
-    return runtime.name.replace("_", "-") + "-custom"
+    return _dashed(runtime) + "-custom"
 
 
 def run_command(runtime: Runtime) -> str:
@@ -118,6 +122,19 @@ def _dump(data: Any) -> str:
 
 def _entries_for(runtime: Runtime, entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
     return [entry for entry in entries if entry.runtime == runtime.name]
+
+
+def _newest(entries: list[CatalogEntry]) -> CatalogEntry:
+    """The entry released last (undated entries count as oldest)."""
+    return max(entries, key=lambda entry: (entry.release_date is not None, entry.release_date))
+
+
+def _merged_env(entries: list[CatalogEntry]) -> dict[str, str]:
+    """Every entry's env in one mapping, sorted so the files come out the same each time."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        env.update(entry.env)
+    return dict(sorted(env.items()))
 
 
 HUGGING_FACE = "huggingface"
@@ -201,9 +218,6 @@ def catalog_2x(
 
 def backend_document(runtime: Runtime, entries: list[CatalogEntry], variants: list[ImageVariant]) -> dict[str, Any]:
     """The 2.x custom backend: images per version, the run command, health path and default env."""
-    default_env: dict[str, str] = {}
-    for entry in entries:
-        default_env.update(entry.env)
     document: dict[str, Any] = {
         "backend_name": backend_name(runtime),
         "description": f"{runtime.description}. Image built from manifests/docker/Dockerfile.",
@@ -214,13 +228,12 @@ def backend_document(runtime: Runtime, entries: list[CatalogEntry], variants: li
         },
         "default_run_command": run_command(runtime),
         "health_check_path": HEALTH_CHECK_PATH,
-        "default_env": dict(sorted(default_env.items())),
+        "default_env": _merged_env(entries),
         "parameter_format": "equal",
     }
     if entries:
         # UI pre-fill only: the parameters of the newest catalog entry (its budget included).
-        newest = max(entries, key=lambda entry: (entry.release_date is not None, entry.release_date))
-        document["default_backend_param"] = list(newest.backend_parameters)
+        document["default_backend_param"] = list(_newest(entries).backend_parameters)
     return document
 
 
@@ -236,7 +249,7 @@ class Deployment(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.runtime.name.replace("_", "-")
+        return _dashed(self.runtime)
 
     @property
     def model_path(self) -> str:
@@ -251,7 +264,7 @@ class Deployment(BaseModel):
 
 def dockerfile(deployment: Deployment, package_version: str) -> str:
     """The image: the vLLM image, paddlex for layout detection, this package; CMD = the backend's run command."""
-    env_lines = " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in sorted(deployment.env.items()))
+    env_lines = " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in deployment.env.items())
     return (
         HEADER
         + "# Build from the repository root:\n"
@@ -289,7 +302,7 @@ def compose_document(deployment: Deployment) -> dict[str, Any]:
                 "build": {"context": "../..", "dockerfile": "manifests/docker/Dockerfile"},
                 "command": deployment.argv(),
                 "ports": [f"{CONTAINER_PORT}:{CONTAINER_PORT}"],
-                "environment": dict(sorted(deployment.env.items())),
+                "environment": dict(deployment.env),
                 "volumes": [f"${{MODELS_DIR:-./models}}:{MODELS_MOUNT}:ro"],
                 "shm_size": f"{SHM_SIZE_GIB}gb",
                 "healthcheck": {
@@ -315,7 +328,7 @@ def kubernetes_documents(deployment: Deployment) -> list[dict[str, Any]]:
         "image": deployment.variant.image_name,
         "command": deployment.argv(),
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
-        "env": [{"name": key, "value": value} for key, value in sorted(deployment.env.items())],
+        "env": [{"name": key, "value": value} for key, value in deployment.env.items()],
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": START_TIMEOUT_S // 10},
         "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
         "resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "2", "memory": "8Gi"}},
@@ -373,11 +386,7 @@ def render_manifests(runtimes: Mapping[str, Runtime], entries: list[CatalogEntry
     own = _entries_for(runtime, entries)
     if not own:
         raise ManifestError(f"no catalog entry uses the {BUILTIN_RUNTIME!r} runtime; the container manifests need one")
-    newest = max(own, key=lambda entry: (entry.release_date is not None, entry.release_date))
-    env: dict[str, str] = {}
-    for entry in own:
-        env.update(entry.env)
-    deployment = Deployment(runtime=runtime, variant=default_variant, model_name=newest.name, env=env)
+    deployment = Deployment(runtime=runtime, variant=default_variant, model_name=_newest(own).name, env=_merged_env(own))
 
     files = {
         PATHS["catalog_07"]: HEADER + "# GPUStack 0.7: gpustack start --model-catalog-file <this file>\n" + _dump(catalog_07(runtimes, entries)),
@@ -404,7 +413,7 @@ def render_manifests(runtimes: Mapping[str, Runtime], entries: list[CatalogEntry
     for runtime_name in sorted(set(runtimes) - {BUILTIN_RUNTIME}):
         other = runtimes[runtime_name]
         extra = _entries_for(other, entries)
-        files[f"gpustack/backend-{other.name.replace('_', '-')}.yaml"] = HEADER + _dump(backend_document(other, extra, variants))
+        files[f"gpustack/backend-{_dashed(other)}.yaml"] = HEADER + _dump(backend_document(other, extra, variants))
     return dict(sorted(files.items()))
 
 
