@@ -41,6 +41,9 @@ CARDS = (
 )
 CONCURRENCIES = (1, 16, 64)
 GOAL_BYTES = 8 * GiB  # an 80 GiB card at concurrency 64 claims at most this
+# vLLM's default --gpu-memory-utilization (config/cache.py; 0.9 before v0.11) and PaddleX's server's.
+VLLM_DEFAULT_FRACTION = 0.92
+PADDLEX_SERVER_FRACTION = 0.5
 PUBLISHED_PARAMETERS = 905_601_648  # what transformers lists for this config, used if it is not installed
 
 
@@ -148,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             "total_gib": round(gpu.cuda_total_bytes / GiB, 2),
             "free_gib": round(gpu.free_bytes / GiB, 2),
             **{f"plan_c{c}": claim_cell(needs, snap, c) for c in CONCURRENCIES},
-            "vllm_0.92": fixed_cell(snap, vram.VLLM_DEFAULT_FRACTION),
+            "vllm_0.92": fixed_cell(snap, VLLM_DEFAULT_FRACTION),
             "vllm_0.9": fixed_cell(snap, 0.9),
-            "paddlex_0.5": fixed_cell(snap, vram.PADDLEX_SERVER_FRACTION),
+            "paddlex_0.5": fixed_cell(snap, PADDLEX_SERVER_FRACTION),
             "instances_plan_c16": instances_with_plan(needs, snap, vram.DEFAULT_CONCURRENCY),
             "instances_plan_c64": instances_with_plan(needs, snap, 64),
-            "instances_vllm": instances_with_fraction(snap, vram.VLLM_DEFAULT_FRACTION),
-            "instances_paddlex": instances_with_fraction(snap, vram.PADDLEX_SERVER_FRACTION),
+            "instances_vllm": instances_with_fraction(snap, VLLM_DEFAULT_FRACTION),
+            "instances_paddlex": instances_with_fraction(snap, PADDLEX_SERVER_FRACTION),
         })
     h100 = vram.plan_vram(needs, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
     h100_worst = vram.plan_vram(worst, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 LOCK_DIR_ENV = "VLLM_PADDLE_OCR_LOCK_DIR"
 POLL_INTERVAL_S = 0.2
@@ -46,10 +46,9 @@ class HeldLocks:
     _files: list[int] = field(default_factory=list, repr=False)
 
 
-def default_lock_dir(env: dict[str, str] | None = None) -> Path:
+def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
     """VLLM_PADDLE_OCR_LOCK_DIR, else <system temp>/vllm_paddle_ocr-gpu-locks."""
-    env = dict(os.environ) if env is None else env
-    configured = env.get(LOCK_DIR_ENV)
+    configured = (os.environ if env is None else env).get(LOCK_DIR_ENV)
     if configured:
         return Path(configured)
     return Path(tempfile.gettempdir()) / "vllm_paddle_ocr-gpu-locks"

@@ -14,8 +14,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_paddle_ocr.plugin.models import Runtime
+
+if TYPE_CHECKING:
+    from .catalog import CatalogEntry
 
 DEFAULT_DATA_DIR = "/var/lib/gpustack"
 
@@ -121,7 +125,7 @@ def check_runs(link: Path, timeout_s: float = 120) -> None:
         raise InstallError(f"{link} serve --help failed ({result.returncode}): {result.stderr.strip()[-500:]}")
 
 
-def model_settings(runtime: Runtime, entries: list) -> str:
+def model_settings(runtime: Runtime, entries: list[CatalogEntry]) -> str:
     """The model settings to type into GPUStack 0.7's deploy form, per catalog entry."""
     lines = [
         "Deploy a model in GPUStack 0.7 (Models > Deploy Model > Advanced) with:",
@@ -129,7 +133,7 @@ def model_settings(runtime: Runtime, entries: list) -> str:
         f"  backend_version:  {runtime.backend_version}",
     ]
     for entry in entries:
-        if getattr(entry, "runtime", runtime.name) != runtime.name:
+        if entry.runtime != runtime.name:
             continue
         lines.append(f"  backend_parameters for {entry.name} ({entry.budget_note()}):")
         lines += [f"    {parameter}" for parameter in entry.backend_parameters]

@@ -1,4 +1,4 @@
-"""Byte sizes as people type them ("80GiB", "4G", "1.5 GB") and as vLLM and people read them back."""
+"""Byte sizes as people and vLLM's flags write them ("80GiB", "4G", "1.5 GB"), and as people read them."""
 
 from __future__ import annotations
 
@@ -64,15 +64,3 @@ def format_bytes(n: int | float) -> str:
     if value >= KiB:
         return f"{sign}{value / KiB:.0f} KiB"
     return f"{sign}{value:.0f} B"
-
-
-def gib(n: int | float) -> float:
-    """Bytes in GiB, for tables."""
-    return float(n) / GiB
-
-
-def vllm_bytes_arg(n: int) -> str:
-    """A byte count in the form every vLLM release parses: a plain integer, no suffix."""
-    if n < 0:
-        raise ValueError(f"a byte count cannot be negative: {n}")
-    return str(int(n))

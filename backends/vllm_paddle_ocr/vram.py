@@ -55,9 +55,6 @@ DEFAULT_MARGIN = 0.05
 # The fraction is rounded up to 0.01 of the card; where that step alone would not fit the free memory
 # (0.01 of a 141 GiB card is 1.4 GiB) it is rounded up to 0.001 instead.
 FRACTION_STEPS = (0.01, 0.001)
-# vLLM's default --gpu-memory-utilization (config/cache.py; 0.9 before v0.11) and PaddleX's server's.
-VLLM_DEFAULT_FRACTION = 0.92
-PADDLEX_SERVER_FRACTION = 0.5
 
 
 class VramError(Exception):

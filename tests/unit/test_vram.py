@@ -26,7 +26,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import GpuInfo, GpuProcess, GpuSnapshot, RecordedNvml, read_snapshot
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import parse_serve_argv
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import format_bytes, parse_size, vllm_bytes_arg
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import format_bytes, parse_size
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.vram import VramError, VramOptions, plan_vram
 
 CARDS = Path(__file__).parent / "data" / "gpus"
@@ -413,13 +413,10 @@ def test_parse_size_refuses_what_it_cannot_read(text):
         parse_size(text)
 
 
-def test_sizes_print_for_people_and_for_vllm():
+def test_sizes_print_for_people():
     assert format_bytes(8 * GiB) == "8.00 GiB"
     assert format_bytes(544 * MiB) == "544 MiB"
     assert format_bytes(900) == "900 B"
-    assert vllm_bytes_arg(4 * GiB) == "4294967296"
-    with pytest.raises(ValueError):
-        vllm_bytes_arg(-1)
 
 
 # --- properties ---------------------------------------------------------------------------------------
