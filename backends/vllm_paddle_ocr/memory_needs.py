@@ -127,7 +127,6 @@ class ModelMemoryNeeds(BaseModel):
     q_size: int
     vocab_size: int
     kv_dtype_bytes: int
-    kv_bytes_per_token: int  # 2 (K and V) x layers x kv heads x head dim x dtype bytes
     # Vision encoder and image tokens.
     vision_hidden_size: int
     vision_intermediate_size: int
@@ -154,10 +153,19 @@ class ModelMemoryNeeds(BaseModel):
         """Weights one GPU holds; vLLM shards the linear layers and embeddings across tensor-parallel ranks."""
         return math.ceil(self.weight_bytes / tensor_parallel_size)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV bytes per token of the whole model: 2 (K and V) x layers x KV heads x head dim x dtype bytes."""
+        return self.kv_bytes_per_token_per_gpu(1)
+
     def kv_bytes_per_token_per_gpu(self, tensor_parallel_size: int = 1) -> int:
         """KV bytes per token on one GPU; KV heads are split across ranks, replicated when fewer than ranks."""
         heads = max(1, math.ceil(self.num_kv_heads / tensor_parallel_size))
         return 2 * self.num_layers * heads * self.head_dim * self.kv_dtype_bytes
+
+    def kv_bytes_per_request(self, tensor_parallel_size: int = 1) -> int:
+        """KV bytes one block request holds on one GPU at its full length."""
+        return self.tokens_per_request * self.kv_bytes_per_token_per_gpu(tensor_parallel_size)
 
     def encoder_peak_bytes(self) -> int:
         """Peak of vLLM's image-encoder profiling run (the largest transient of start-up)."""
@@ -381,7 +389,6 @@ def read_memory_needs(
         q_size=heads * head_dim,
         vocab_size=vocab,
         kv_dtype_bytes=kv_dtype_bytes,
-        kv_bytes_per_token=2 * layers * kv_heads * head_dim * kv_dtype_bytes,
         vision_hidden_size=int(vision.get("hidden_size") or 1152),
         vision_intermediate_size=int(vision.get("intermediate_size") or 4304),
         patch_size=patch,

@@ -289,6 +289,20 @@ def _fits(needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu],
     return fraction <= 1.0 and miss <= 0
 
 
+def _largest_fitting(
+    needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu], lo: int, hi: int
+) -> int | None:
+    """The largest concurrency in [lo, hi] that fits (fitting only gets harder as concurrency grows)."""
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if _fits(needs, options, gpus, mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def _blocks(n: int) -> str:
     return f"{n} in-flight block" + ("" if n == 1 else "s")
 
@@ -398,26 +412,16 @@ def _plan_own_fraction(
 ) -> VramPlan:
     floor = min(options.concurrency_floor, requested)
     user_kv = options.kv_cache_memory_bytes
-    if user_kv is not None:
-        # The user fixed the KV cache: concurrency follows from it and cannot be lowered by us.
-        candidates = [requested]
-    elif _fits(needs, options, gpus, requested):
-        candidates = [requested]
+    # A KV cache the user fixed sets the concurrency itself; otherwise the largest that fits, down to the floor
+    # (where nothing fits, the floor's plan below is the refusal).
+    if user_kv is not None or _fits(needs, options, gpus, requested):
+        concurrency = requested
     else:
-        lo, hi = floor, requested - 1
-        best = None
-        while lo <= hi:  # largest concurrency that fits; fitting shrinks as concurrency grows
-            mid = (lo + hi) // 2
-            if _fits(needs, options, gpus, mid):
-                best, lo = mid, mid + 1
-            else:
-                hi = mid - 1
-        candidates = [best] if best is not None else []
-
-    concurrency = candidates[0] if candidates else floor
+        fitting = _largest_fitting(needs, options, gpus, floor, requested - 1)
+        concurrency = floor if fitting is None else fitting
     parts = _breakdown(needs, options, concurrency, user_kv)
     fraction, tightest, miss = _choose_fraction(parts, options, gpus)
-    if not candidates or miss > 0 or fraction > 1.0:
+    if miss > 0 or fraction > 1.0:
         what = (
             f"PaddleOCR-VL with the given --kv-cache-memory-bytes"
             if user_kv is not None
@@ -448,8 +452,8 @@ def _plan_own_fraction(
             "control plane books"
         )
     if user_kv is not None:
-        implied = max(0, user_kv // (needs.tokens_per_request * needs.kv_bytes_per_token_per_gpu(options.tensor_parallel_size)))
-        concurrency = max(1, min(requested, implied)) if implied else 1
+        implied = user_kv // needs.kv_bytes_per_request(options.tensor_parallel_size)
+        concurrency = max(1, min(requested, implied))
         notes.append(f"kept the user's --kv-cache-memory-bytes {user_kv} (room for {implied} in-flight blocks)")
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
@@ -464,25 +468,26 @@ def _plan_user_fraction(
     """Keep the user's --gpu-memory-utilization, but refuse one that cannot start or cannot fit."""
     fraction = float(options.gpu_memory_utilization)  # type: ignore[arg-type]
     tp = options.tensor_parallel_size
-    per_request = needs.tokens_per_request * needs.kv_bytes_per_token_per_gpu(tp)
     min_kv = _kv_tokens(needs, 1) * needs.kv_bytes_per_token_per_gpu(tp)
     user_kv = options.kv_cache_memory_bytes
     # Size the profiling estimate for the concurrency asked (or the user's --max-num-seqs).
     probe = _breakdown(needs, options, requested, 0)
     overhead = probe.without_kv - probe.before_snapshot  # what vLLM takes out of its budget before the KV cache
     smallest = min(gpus, key=lambda gpu: gpu.cuda_total_bytes)
-    budget = _requested(fraction, smallest)
-    kv_room = user_kv if user_kv is not None else budget - overhead
-    if budget < overhead + (0 if user_kv is not None else min_kv):
-        least = _ceil_step((overhead + (0 if user_kv is not None else min_kv)) / smallest.cuda_total_bytes)
+    given = _requested(fraction, smallest)
+    required = overhead + (0 if user_kv is not None else min_kv)
+    if given < required:
+        least = _ceil_step(required / smallest.cuda_total_bytes)
         raise VramError(
-            f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(budget)} of {smallest.label()}, "
+            f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(given)} of {smallest.label()}, "
             f"but the weights, profiling peak and CUDA graphs take {format_bytes(overhead)}"
             + ("" if user_kv is not None else f" and one {needs.max_model_len}-token request needs {format_bytes(min_kv)} of KV cache")
             + f"; use at least {least:.2f}, or leave the flag out and let vllm_paddle_ocr size it",
             gpu=smallest,
-            needed_bytes=overhead + min_kv,
+            needed_bytes=required,
         )
+    kv_room = user_kv if user_kv is not None else given - overhead
+    per_request = needs.kv_bytes_per_request(tp)
     implied = max(1, kv_room // per_request) if per_request else requested
     concurrency = min(requested, implied)
     parts = _breakdown(needs, options, concurrency, kv_room)
