@@ -346,6 +346,15 @@ def test_tables_continue_over_several_pages() -> None:
     assert [page_ids[0][1] for page_ids in ids] == [0, 0, 0]
 
 
+@pytest.mark.timeout(60)
+def test_tables_with_absurd_spans_are_compared_without_laying_them_out() -> None:
+    huge = '<td colspan="1000000000" rowspan="1000000000">Title</td>'
+    first = pb("table", f"<table><tr>{huge}</tr><tr><td>a</td><td>b</td></tr></table>", (0, 0, 400, 300))
+    second = pb("table", "<table><tr><td>c</td><td>d</td></tr></table>", (0, 0, 400, 300))
+    pages, _ = merge_tables_across_pages([[first], [second]])
+    assert pages[0][0].content.count("<tr>") == 3 and pages[1][0].content == ""
+
+
 @pytest.mark.parametrize(
     "pages",
     [

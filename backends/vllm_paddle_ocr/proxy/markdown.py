@@ -333,6 +333,11 @@ def blocks_from_pruned(pruned: Mapping[str, Any]) -> list[ParsedBlock]:
     return out
 
 
+# Grid positions (cells times their spans) a table may cover for its width to be worked out: far
+# beyond any real table, small enough that laying one out stays quick.
+MAX_TABLE_GRID_SLOTS = 1_000_000
+
+
 class _TableRows:
     """Rows of an HTML table: where each ``<tr>`` sits in the text and what its cells hold."""
 
@@ -386,8 +391,16 @@ class _TableRows:
         parser.close()
         self.cells = cells[: len(rows)]
 
-    def total_columns(self) -> int:
-        """Widest row, counting cells that reach down from rows above."""
+    def total_columns(self) -> int | None:
+        """Widest row, counting cells that reach down from rows above; None for a grid too big to lay out.
+
+        The spans come from the client on /restructure-pages: ``colspan="1000000000"`` must not
+        lay out a billion columns, so past ``MAX_TABLE_GRID_SLOTS`` the width is left unknown.
+        """
+        rows = len(self.cells)
+        slots = sum(colspan * min(rowspan, rows - r) for r, row in enumerate(self.cells) for _, colspan, rowspan in row)
+        if slots > MAX_TABLE_GRID_SLOTS:
+            return None
         taken: dict[int, set[int]] = {}
         widest = 0
         for r, row in enumerate(self.cells):
@@ -395,7 +408,7 @@ class _TableRows:
             for _, colspan, rowspan in row:
                 while col in taken.get(r, set()):
                     col += 1
-                for rr in range(r, r + rowspan):
+                for rr in range(r, min(r + rowspan, rows)):
                     taken.setdefault(rr, set()).update(range(col, col + colspan))
                 col += colspan
                 widest = max(widest, col)
@@ -444,7 +457,8 @@ def can_merge_tables(prev_page: Sequence[ParsedBlock], prev: int, page: Sequence
     if not a.content or not b.content:
         return False
     first, second = _TableRows(a.content), _TableRows(b.content)
-    if first.total_columns() == second.total_columns():
+    columns = first.total_columns()
+    if columns is not None and columns == second.total_columns():
         return True
     if not first.cells or not second.cells:
         return False
