@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, TypeVar
 
 LOCK_DIR_ENV = "VLLM_PADDLE_OCR_LOCK_DIR"
 POLL_INTERVAL_S = 0.2
@@ -30,9 +30,14 @@ POLL_INTERVAL_S = 0.2
 REPORT_EVERY_S = 30.0
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class GpuLockTimeout(TimeoutError):
+class GpuLockError(RuntimeError):
+    """The start lock cannot be taken; the message says what to do."""
+
+
+class GpuLockTimeout(GpuLockError, TimeoutError):
     """Another instance kept starting on the same GPU for longer than the timeout."""
 
 
@@ -61,6 +66,17 @@ def _prepare_dir(directory: Path) -> None:
         # Every user's instances share the directory (like /tmp): writable by all, sticky.
         with contextlib.suppress(OSError):
             directory.chmod(0o1777)
+
+
+def _usable(step: Callable[[Path], T], path: Path) -> T:
+    """Run one file step of taking the lock; an OSError becomes an error that says what to do."""
+    try:
+        return step(path)
+    except OSError as exc:
+        raise GpuLockError(
+            f"cannot use the GPU start lock {path}: {exc.strerror or exc}; set {LOCK_DIR_ENV} to a directory "
+            "every vllm_paddle_ocr instance on this machine can write"
+        ) from None
 
 
 def _lock_path(directory: Path, uuid: str) -> Path:
@@ -110,14 +126,14 @@ def gpu_start_lock(
 ) -> Iterator[HeldLocks]:
     """Hold the start lock of every GPU in `uuids` (in sorted order, so two instances never deadlock)."""
     directory = Path(lock_dir) if lock_dir is not None else default_lock_dir()
-    _prepare_dir(directory)
+    _usable(_prepare_dir, directory)
     # A planned card (--gpu-total) has no UUID and nothing to lock.
     held = HeldLocks(uuids=sorted({uuid for uuid in uuids if uuid}), directory=directory)
     start = clock()
     try:
         for uuid in held.uuids:
             path = _lock_path(directory, uuid)
-            fd = _open(path)
+            fd = _usable(_open, path)
             held._files.append(fd)
             reported_at: float | None = None
             while not _try_lock(fd):

@@ -99,6 +99,15 @@ def test_the_lock_dir_comes_from_the_environment(tmp_path, monkeypatch):
     assert gpu_lock.default_lock_dir().name == "vllm_paddle_ocr-gpu-locks"
 
 
+def test_an_unusable_lock_dir_says_what_to_do(tmp_path):
+    not_a_dir = tmp_path / "locks"
+    not_a_dir.write_text("")
+    with pytest.raises(gpu_lock.GpuLockError, match=f"{gpu_lock.LOCK_DIR_ENV} to a directory") as caught:
+        with gpu_start_lock([GPU_A], timeout_s=1, lock_dir=not_a_dir):
+            pytest.fail("locked inside a file")
+    assert str(not_a_dir) in str(caught.value)
+
+
 def test_a_created_lock_dir_is_shared_by_every_user(tmp_path):
     directory = tmp_path / "shared"
     with gpu_start_lock([GPU_A], timeout_s=1, lock_dir=directory):
