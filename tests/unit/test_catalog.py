@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -96,3 +99,12 @@ def test_an_entry_needs_a_source():
         name="x", description="d", size=1.0, model_version="1.5", sources=ModelSources(model_scope_model_id="a/b")
     )
     assert entry.budget_note() == "no budget planned"
+
+
+def test_the_gpustack_guide_shows_the_parameters_the_catalog_carries():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "gpustack.md").read_text(encoding="utf-8")
+    block = re.search(r"backend_parameters: (.*?)```", guide, re.S)
+    assert block, "docs/gpustack.md lost its backend_parameters example"
+    shown = block.group(1).split()
+    for entry in catalog.builtin_catalog_entries():
+        assert shown == entry.backend_parameters
