@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .launch_plan import RECOMMENDED_FLAGS
 from .sizes import GiB
+from .vram import VramOptions, budget, gpustack_parameter
 
 # The card the catalog's budget is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest
 # common data-centre card; on a larger one the fraction is lower (plan it with `vllm_paddle_ocr plan`).
@@ -140,8 +141,6 @@ def _write_published_model(target: Path) -> None:
 @functools.lru_cache(maxsize=None)
 def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
     """The --gpu-memory-utilization the runtime plans for the published model on a card of this size."""
-    from .vram import VramOptions, budget
-
     with tempfile.TemporaryDirectory(prefix="vllm-paddle-ocr-catalog-") as tmp:
         model_dir = Path(tmp)
         _write_published_model(model_dir)
@@ -153,8 +152,6 @@ def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
 
 def budget_parameter(card_bytes: int = PLANNED_CARD_BYTES) -> str:
     """The budget as GPUStack's scheduler reads it: one `--gpu-memory-utilization=X` item."""
-    from .vram import gpustack_parameter
-
     return gpustack_parameter(planned_fraction(card_bytes))
 
 
