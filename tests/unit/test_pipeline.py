@@ -22,6 +22,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pipeline import (
     LayoutPipeline,
     draw_layout,
     jpeg_base64,
+    restructure_pruned_pages,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.vlm_client import VlmClient
@@ -239,3 +240,57 @@ def test_polygon_boxes_are_cropped_and_reported_as_lists():
     assert sent.size == (400, 300)
     assert min(sent.getpixel((390, 290))) > 225  # outside the polygon: whitened
     assert max(sent.getpixel((10, 10))) < 30  # inside: the page as it is
+
+
+def restructured(*pruned, concatenate=False):
+    return restructure_pruned_pages(
+        [(p, None) for p in pruned],
+        merge_tables=True,
+        relevel_titles=True,
+        concatenate=concatenate,
+        prettify=True,
+        show_formula_number=False,
+        return_images=True,
+    )
+
+
+def pruned_page(blocks=(), **fields):
+    page = {"width": 400, "height": 600, "model_settings": {}, "parsing_res_list": list(blocks)}
+    return {**page, **fields}
+
+
+def block(label="text", bbox=(0, 0, 100, 50), content="words", **fields):
+    return {"block_label": label, "block_bbox": list(bbox), "block_content": content, **fields}
+
+
+@pytest.mark.parametrize(
+    ("page", "where"),
+    [
+        (pruned_page([block("image")], width=0), "width"),
+        (pruned_page([block(bbox=(0, 0, 100))]), "parsing_res_list[0].block_bbox"),
+        (pruned_page([block(bbox=(0, 0, float("inf"), 50))]), "parsing_res_list[0].block_bbox[2]"),
+        (pruned_page(model_settings={"markdown_ignore_labels": 5}), "model_settings.markdown_ignore_labels"),
+        (pruned_page(spotting_res=[1, 2]), "spotting_res"),
+        (pruned_page([block(label=None)]), "parsing_res_list[0].block_label"),
+        (pruned_page(layout_det_res="boxes"), "layout_det_res"),
+    ],
+)
+@pytest.mark.parametrize("concatenate", [False, True])
+def test_a_broken_pruned_result_is_refused_by_field(page, where, concatenate):
+    with pytest.raises(InputError) as info:
+        restructured(pruned_page(), page, concatenate=concatenate)
+    assert info.value.status_code == 422
+    assert info.value.message.startswith(f"pages[1].prunedResult is not a PaddleX prunedResult ({where}: ")
+
+
+def test_restructured_pages_keep_what_they_do_not_read():
+    page = pruned_page(
+        [block("paragraph_title", content="1 Intro", block_order=1), block(content=None)],
+        model_settings={"use_chart_recognition": False, "custom": "kept"},
+        layout_det_res={"boxes": [{"label": "text", "score": 0.9}]},
+    )
+    (result,) = restructured(page)
+    pruned = result["prunedResult"]
+    assert pruned["model_settings"]["custom"] == "kept"
+    assert pruned["layout_det_res"] == {"boxes": [{"label": "text", "score": 0.9}]}
+    assert [b["block_content"] for b in pruned["parsing_res_list"]] == ["1 Intro", ""]

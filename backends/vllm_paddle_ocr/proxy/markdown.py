@@ -324,7 +324,7 @@ def blocks_from_pruned(pruned: Mapping[str, Any]) -> list[ParsedBlock]:
             ParsedBlock(
                 label,
                 bbox,  # type: ignore[arg-type]
-                re.sub(r"^#+\s", "", str(item.get("block_content", ""))),
+                re.sub(r"^#+\s", "", item.get("block_content") or ""),
                 item.get("group_id"),
                 picture,
                 None if polygon is None else tuple((float(p[0]), float(p[1])) for p in polygon),

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Optional, Sequence
 
+import pydantic
 from PIL import Image, ImageDraw, ImageFont
 
 from .blocks import (
@@ -33,7 +34,7 @@ from .blocks import (
     trim_formula_margin,
     whole_page_block,
 )
-from .errors import InputError, ProxyError, UpstreamError
+from .errors import InputError, ProxyError, UpstreamError, dotted_location
 from .inputs import Document, render_page
 from .layout_detector import LayoutDetector
 from .markdown import (
@@ -49,6 +50,7 @@ from .metrics import ProxyMetrics
 from .options import RequestOptions, skip_special_tokens_for
 from .postprocess import parse_spotting, postprocess_block_text, spotting_upscale
 from .prompts import Recognition
+from .schemas import PrunedResult
 from .vlm_client import VlmClient, VlmError, jpeg_data_url
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -369,6 +371,18 @@ def _context_from_pruned(pruned: Mapping[str, Any]) -> PageContext:
     )
 
 
+def _checked_pruned(index: int, pruned: Mapping[str, Any]) -> dict[str, Any]:
+    """A client's prunedResult with the fields restructuring reads checked (InputError names the first few)."""
+    try:
+        return PrunedResult.model_validate(pruned).model_dump(exclude_unset=True)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{dotted_location(e['loc'])}: {e['msg']}" for e in exc.errors()[:3])
+        raise InputError(
+            f"pages[{index}].prunedResult is not a PaddleX prunedResult ({problems}); "
+            "send the prunedResult /layout-parsing returned"
+        ) from None
+
+
 def restructure_pruned_pages(
     pages: Sequence[tuple[Mapping[str, Any], Optional[Mapping[str, str]]]],
     *,
@@ -380,23 +394,16 @@ def restructure_pruned_pages(
     return_images: bool,
 ) -> list[dict[str, Any]]:
     """/restructure-pages: `layoutParsingResults` from pages of (prunedResult, markdownImages)."""
-    contexts, blocks = [], []
-    for index, (pruned, _) in enumerate(pages):
-        try:
-            contexts.append(_context_from_pruned(pruned))
-            blocks.append(blocks_from_pruned(pruned))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"pages[{index}].prunedResult is not a PaddleX prunedResult ({type(exc).__name__}: {exc}); "
-                "send the prunedResult /layout-parsing returned"
-            ) from None
+    checked = [_checked_pruned(index, pruned) for index, (pruned, _) in enumerate(pages)]
+    contexts = [_context_from_pruned(pruned) for pruned in checked]
+    blocks = [blocks_from_pruned(pruned) for pruned in checked]
     if not pages:
         return []
     restructured, ids = restructure_pages(blocks, merge_tables=merge_tables, relevel=relevel_titles)
     if concatenate:
         flat = [b for page in restructured for b in page]
         flat_ids = [i for page_ids in ids for i in page_ids]
-        pruned = concatenated_pruned([p for p, _ in pages], flat, flat_ids)
+        pruned = concatenated_pruned(checked, flat, flat_ids)
         first = contexts[0]
         text, _ = page_markdown(
             flat,

@@ -231,6 +231,54 @@ class Page(BaseModel):
     markdownImages: dict[str, str] | None = None
 
 
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _KeepsExtras(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ParsingBlock(_KeepsExtras):
+    """One entry of ``parsing_res_list`` as /restructure-pages reads it back."""
+
+    block_label: str
+    block_bbox: Annotated[list[FiniteNumber], Field(min_length=4, max_length=4)]
+    block_content: str | None = ""
+    group_id: int | None = None
+    block_polygon_points: list[tuple[FiniteNumber, FiniteNumber]] | None = None
+
+
+class PrunedModelSettings(_KeepsExtras):
+    """The ``model_settings`` /restructure-pages writes markdown by."""
+
+    use_layout_detection: bool | None = None
+    use_chart_recognition: bool | None = None
+    use_seal_recognition: bool | None = None
+    use_ocr_for_image_block: bool | None = None
+    use_doc_preprocessor: bool | None = None
+    format_block_content: bool | None = None
+    markdown_ignore_labels: list[str] = []
+
+
+class LayoutDetResult(_KeepsExtras):
+    """``layout_det_res``: the detector's boxes, kept as they are."""
+
+    boxes: list[dict[str, Any]] = []
+
+
+class PrunedResult(_KeepsExtras):
+    """The parts of a page's ``prunedResult`` that /restructure-pages reads; other keys are kept as sent."""
+
+    width: PositiveInt
+    height: PositiveInt
+    page_count: int | None = None
+    model_settings: PrunedModelSettings | None = None
+    parsing_res_list: list[ParsingBlock] = []
+    layout_det_res: LayoutDetResult | None = None
+    spotting_res: dict[str, Any] | None = None
+    doc_preprocessor_res: dict[str, Any] | None = None
+
+
 class RestructurePagesRequest(_OutputFormats):
     """Body of ``POST /restructure-pages``."""
 
