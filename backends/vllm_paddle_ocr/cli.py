@@ -7,6 +7,7 @@ import logging
 import sys
 import textwrap
 
+from .gpustack_install import DEFAULT_DATA_DIR
 from .serve_args import OWN_OPTIONS, ServeArgsError, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
@@ -70,7 +71,7 @@ def _top_parser() -> argparse.ArgumentParser:
     gpustack_sub = gpustack.add_subparsers(dest="gpustack_command", metavar="{install,uninstall}", required=True)
     for name, text in (("install", "Link <data_dir>/bin/vllm_paddle_ocr to this executable."), ("uninstall", "Remove that link.")):
         cmd = gpustack_sub.add_parser(name, help=text)
-        cmd.add_argument("--data-dir", default="/var/lib/gpustack", help="GPUStack data dir (default /var/lib/gpustack).")
+        cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"GPUStack data dir (default {DEFAULT_DATA_DIR}).")
         cmd.add_argument("--bin-dir", default=None, help="GPUStack bin dir when set apart from <data-dir>/bin.")
     return parser
 

@@ -11,16 +11,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from vllm_paddle_ocr.plugin.manager import PluginError
 
     from .architecture import IncompatibleEngine
+    from .gpu_lock import GpuLockError
     from .model_repo import ModelRepoError
     from .serve_args import ServeArgsError
     from .vram import VramError
 
-    found: list[type[BaseException]] = [PluginError, IncompatibleEngine, ModelRepoError, ServeArgsError, VramError]
-    with contextlib.suppress(ImportError):
-        from .gpu_lock import GpuLockTimeout
-
-        found.append(GpuLockTimeout)
-    return tuple(found)
+    return (PluginError, IncompatibleEngine, GpuLockError, ModelRepoError, ServeArgsError, VramError)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from typing import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from .engine import EngineInfo
+from .memory_needs import processor_max_pixels
 from .model_repo import ModelRepo
 from .serve_args import ServeRequest, split_flags
 from .vram import DEFAULT_CONCURRENCY, VramPlan
@@ -102,9 +103,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _preprocessor_max_pixels(vlm_dir: Path) -> int:
-    data = _read_json(vlm_dir / "preprocessor_config.json")
-    value = data.get("max_pixels") or (data.get("size") or {}).get("max_pixels") or 0
-    return int(value)
+    return processor_max_pixels(_read_json(vlm_dir / "preprocessor_config.json"))
 
 
 def _max_position_embeddings(vlm_dir: Path) -> int | None:

@@ -303,6 +303,17 @@ def _serving_dtype(dtype: str | None, config: dict[str, Any], text: dict[str, An
     return name if name in TORCH_DTYPE_BYTES else "bfloat16"
 
 
+def processor_max_pixels(preprocessor: dict[str, Any]) -> int:
+    """The largest image the model's processor keeps, from preprocessor_config.json's fields."""
+    size = preprocessor.get("size") or {}
+    return int(
+        preprocessor.get("max_pixels")
+        or size.get("max_pixels")
+        or size.get("longest_edge")
+        or 28 * 28 * 1280  # vLLM's smart_resize default
+    )
+
+
 def _tokens_at(pixels: int, patch: int, merge: int) -> int:
     return pixels // ((patch * merge) ** 2)
 
@@ -357,12 +368,7 @@ def read_memory_needs(
 
     patch = int(vision.get("patch_size") or 14)
     merge = int(vision.get("spatial_merge_size") or 2)
-    processor_pixels = int(
-        preprocessor.get("max_pixels")
-        or (preprocessor.get("size") or {}).get("max_pixels")
-        or (preprocessor.get("size") or {}).get("longest_edge")
-        or 28 * 28 * 1280  # vLLM's smart_resize default
-    )
+    processor_pixels = processor_max_pixels(preprocessor)
     request_pixels = int(max_pixels) if max_pixels else processor_pixels
     image_tokens = max(1, _tokens_at(request_pixels, patch, merge))
 
