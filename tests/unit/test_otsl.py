@@ -120,6 +120,13 @@ def test_malformed_gives_none(text: str) -> None:
     assert otsl_to_html(text) is None
 
 
+def test_a_runaway_row_over_a_runaway_column_is_kept_as_text() -> None:
+    otsl = "".join(f"<fcel>{k}" for k in range(1000)) + "<nl>" + "".join(f"<fcel>{k}<nl>" for k in range(1000))
+    assert otsl_to_html(otsl) is None  # padded, it would be a million cells
+    padded = "<table><tr><td>a</td><td>b</td></tr><tr><td>c</td><td></td></tr></table>"
+    assert otsl_to_html("<fcel>a<fcel>b<nl><fcel>c<nl>") == padded
+
+
 def test_blank_rows_are_skipped() -> None:
     assert otsl_to_html("<fcel>a<nl><nl>\n<nl><fcel>b<nl>") == "<table><tr><td>a</td></tr><tr><td>b</td></tr></table>"
 

@@ -13,7 +13,9 @@ Repairs applied (the model's output is often slightly off):
   cell already claimed one.
 
 Malformed (``otsl_to_html`` returns ``None``, the caller keeps the raw text): no ``<fcel>`` or
-``<ecel>`` anywhere, so there is no cell to show.
+``<ecel>`` anywhere, so there is no cell to show; or rows so uneven that the padded grid would
+exceed ``MAX_GRID_CELLS`` (a runaway first row over a runaway column would otherwise make a grid
+quadratic in the answer's length).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _ANCHORS = (FCEL, ECEL)
 _EXTENDS_RIGHT = (LCEL, XCEL)
 _EXTENDS_DOWN = (UCEL, XCEL)
 _CELL_RE = re.compile(r"(<fcel>|<ecel>|<lcel>|<ucel>|<xcel>)")
+# More cells than the model can write within its context: only padding can make a grid this big.
+MAX_GRID_CELLS = 100_000
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,13 @@ def choose_width(rows: list[list[tuple[str, str]]]) -> int:
 
 
 def parse_table(otsl: str) -> Table | None:
-    """Parse OTSL into a repaired grid of cells; None when there is no cell at all."""
+    """Parse OTSL into a repaired grid of cells; None when there is no cell or the grid would be absurd."""
     rows = parse_rows(otsl)
     if not rows or not any(tag in _ANCHORS for r in rows for tag, _ in r):
         return None
     width = choose_width(rows)
+    if len(rows) * width > MAX_GRID_CELLS:
+        return None
     grid = [(r + [(ECEL, "")] * width)[:width] for r in rows]
     n_rows = len(grid)
     claimed = [[False] * width for _ in range(n_rows)]
