@@ -14,7 +14,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.url_fetch import (
     public_address_refusal,
 )
 
-LOOPBACK = ipaddress.ip_address("127.0.0.1")
+LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + b"x" * 1000
 
 
@@ -23,11 +23,14 @@ class FileServer:
 
     def __init__(self) -> None:
         self.hosts: list[str] = []
+        self.encodings: list[str] = []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        self.hosts.append(dict(scope["headers"]).get(b"host", b"").decode())
+        headers = dict(scope["headers"])
+        self.hosts.append(headers.get(b"host", b"").decode())
+        self.encodings.append(headers.get(b"accept-encoding", b"").decode())
         path = scope["path"]
         port = scope["server"][1]
         if path == "/doc.png":
@@ -68,6 +71,7 @@ NAMES = {
     "other.test": ["127.0.0.1"],
     "internal.test": ["10.0.0.5"],
     "mixed.test": ["127.0.0.1", "192.168.1.20"],
+    "dual.test": ["127.0.0.2", "127.0.0.1"],  # nothing listens on the first
 }
 
 
@@ -79,10 +83,10 @@ async def fake_resolve(host, port):
 
 def loopback_is_public(address):
     """Test policy: the loopback file server stands in for a public host; everything else as in production."""
-    return None if address == LOOPBACK else public_address_refusal(address)
+    return None if address in LOOPBACK_NET else public_address_refusal(address)
 
 
-def fetcher(allow=("files.test", "internal.test", "mixed.test"), max_bytes=10_000, timeout_s=5.0):
+def fetcher(allow=("files.test", "internal.test", "mixed.test", "dual.test"), max_bytes=10_000, timeout_s=5.0):
     policy = UrlPolicy(allow_hosts=allow, max_bytes=max_bytes, timeout_s=timeout_s)
     return UrlFetcher(policy, resolve=fake_resolve, address_refusal=loopback_is_public)
 
@@ -102,6 +106,15 @@ def test_allowed_name_is_fetched_from_the_checked_address_with_its_own_host_head
         got = await fetcher().fetch(f"http://files.test:{port}/doc.png")
         assert got.data == PAYLOAD
         assert server.hosts == [f"files.test:{port}"]
+        assert server.encodings == ["identity"]  # the size counted is the file's own
+
+    run_with_server(check)
+
+
+def test_the_next_checked_address_is_tried_when_one_refuses_the_connection():
+    async def check(server, port):
+        assert (await fetcher().fetch(f"http://dual.test:{port}/doc.png")).data == PAYLOAD
+        assert server.hosts == [f"dual.test:{port}"]
 
     run_with_server(check)
 
@@ -193,3 +206,4 @@ def test_public_addresses_pass_the_check():
     assert public_address_refusal(ipaddress.ip_address("100.64.0.1")) == "a non-public address"
     assert public_address_refusal(ipaddress.ip_address("fe80::1")) == "a link-local address"
     assert public_address_refusal(ipaddress.ip_address("fd00::1")) == "a private address"
+    assert public_address_refusal(ipaddress.ip_address("fec0::1")) == "a site-local address"

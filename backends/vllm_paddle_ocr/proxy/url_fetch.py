@@ -64,6 +64,8 @@ def public_address_refusal(address: IPAddress) -> str | None:
         return "a loopback address"
     if address.is_link_local:
         return "a link-local address"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "a site-local address"
     if address.is_private:
         return "a private address"
     if address.is_multicast or address.is_reserved or not address.is_global:
@@ -80,9 +82,9 @@ async def system_resolve(host: str, port: int) -> list[str]:
 class UrlFetcher:
     """Downloads one URL input: the name must be allow-listed and every address it resolves to public.
 
-    The connection goes to the address that was checked (the name is kept for the Host header and
+    The connection goes to an address that was checked (the name is kept for the Host header and
     TLS), so a second DNS answer cannot swap in an internal address; redirects are followed by hand,
-    each hop checked the same way.
+    each hop checked the same way. The file is asked for uncompressed, so its size is what is counted.
     """
 
     def __init__(
@@ -115,8 +117,8 @@ class UrlFetcher:
             current = url
             for _ in range(self.policy.max_redirects + 1):
                 target = self._parse(current)
-                address = await self._checked_address(target)
-                response = await self._send(client, target, address)
+                addresses = await self._checked_addresses(target)
+                response = await self._send(client, target, addresses)
                 try:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         current = str(target.join(response.headers["location"]))
@@ -150,7 +152,7 @@ class UrlFetcher:
             )
         return target
 
-    async def _checked_address(self, target: httpx.URL) -> str:
+    async def _checked_addresses(self, target: httpx.URL) -> list[str]:
         port = target.port or (443 if target.scheme == "https" else 80)
         try:
             addresses = await self._resolve(target.host, port)
@@ -163,19 +165,23 @@ class UrlFetcher:
             reason = self._refusal(address)
             if reason is not None:
                 raise InputError(f"The input URL's host {target.host!r} resolves to {address}, {reason}; refused")
-        return addresses[0]
+        return addresses
 
-    async def _send(self, client: httpx.AsyncClient, target: httpx.URL, address: str) -> httpx.Response:
-        host_header = target.netloc.decode("ascii")
-        connect_to = target.copy_with(host=address)
+    async def _send(self, client: httpx.AsyncClient, target: httpx.URL, addresses: list[str]) -> httpx.Response:
+        """The response from the first checked address that takes the connection."""
+        headers = {"Host": target.netloc.decode("ascii"), "Accept": "*/*", "Accept-Encoding": "identity"}
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        request = httpx.Request(
-            "GET", connect_to, headers={"Host": host_header, "Accept": "*/*"}, extensions=extensions
-        )
-        try:
-            return await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise InputError(f"Fetching the input URL failed: {type(exc).__name__}: {exc}") from None
+        failure: httpx.HTTPError | None = None
+        for address in addresses:
+            request = httpx.Request("GET", target.copy_with(host=address), headers=headers, extensions=extensions)
+            try:
+                return await client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = exc
+            except httpx.HTTPError as exc:
+                failure = exc
+                break
+        raise InputError(f"Fetching the input URL failed: {type(failure).__name__}: {failure}")
 
     async def _read_limited(self, response: httpx.Response) -> bytes:
         limit = self.policy.max_bytes
