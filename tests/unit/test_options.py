@@ -28,13 +28,13 @@ def req(**fields: Any) -> InferRequest:
 
 def test_layout_defaults_are_left_to_the_model() -> None:
     opts = layout_options(req())
-    assert opts.predict_kwargs() == {
-        "threshold": None,
-        "layout_nms": None,
-        "layout_unclip_ratio": None,
-        "layout_merge_bboxes_mode": None,
-        "layout_shape_mode": "auto",
-    }
+    assert (opts.threshold, opts.nms, opts.unclip_ratio, opts.merge_bboxes_mode, opts.shape_mode) == (
+        None,
+        None,
+        None,
+        None,
+        "auto",
+    )
 
 
 def test_per_class_json_keys_become_class_ids() -> None:

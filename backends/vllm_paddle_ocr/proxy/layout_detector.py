@@ -28,6 +28,7 @@ from .options import (
     V3_DEFAULT_THRESHOLD,
     LayoutOptions,
 )
+from .schemas import MERGE_BBOXES_MODES, SHAPE_MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,8 +38,6 @@ Engine = Literal["paddle_static", "paddle_dynamic", "onnxruntime"]
 ImageInput = Union["Image.Image", "np.ndarray"]
 
 SUPPORTED_MODELS: tuple[str, ...] = ("PP-DocLayoutV2", "PP-DocLayoutV3")
-MERGE_MODES: tuple[str, ...] = ("union", "large", "small")
-SHAPE_MODES: tuple[str, ...] = ("rect", "quad", "poly", "auto")
 CONFIG_FILE = "inference.yml"
 
 # What each engine needs besides inference.yml, in the order an engine is chosen when several fit:
@@ -187,8 +186,8 @@ def _pair(value: Any) -> tuple[float, float]:
 
 
 def _merge_mode(value: Any) -> str:
-    if value not in MERGE_MODES:
-        raise ValueError(f"layout merge mode must be one of {', '.join(MERGE_MODES)}; got: {value!r}")
+    if value not in MERGE_BBOXES_MODES:
+        raise ValueError(f"layout merge mode must be one of {', '.join(MERGE_BBOXES_MODES)}; got: {value!r}")
     return value
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .blocks import ParsedBlock, block_orders
+from .blocks import ParsedBlock, block_orders, picture_path
 from .prompts import Recognition
 
 DEFAULT_MARKDOWN_IGNORE_LABELS: tuple[str, ...] = (
@@ -318,7 +318,7 @@ def blocks_from_pruned(pruned: Mapping[str, Any]) -> list[ParsedBlock]:
         bbox = tuple(int(v) for v in item["block_bbox"])
         picture = None
         if label in ("image", "seal") or (label == "chart" and not settings.get("use_chart_recognition", False)):
-            picture = f"imgs/img_in_{label}_box_{bbox[0]}_{bbox[1]}_{bbox[2]}_{bbox[3]}.jpg"
+            picture = picture_path(label, bbox)  # type: ignore[arg-type]
         polygon = item.get("block_polygon_points")
         out.append(
             ParsedBlock(

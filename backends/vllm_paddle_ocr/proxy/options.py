@@ -71,23 +71,13 @@ class OptionsError(ValueError):
 
 @dataclass(frozen=True)
 class LayoutOptions:
-    """Layout detection settings; None means the layout model's configured default."""
+    """Layout detection settings; None means PaddleOCR-VL's default (see layout_detector.predict_kwargs)."""
 
     threshold: float | dict[int, float] | None = None
     nms: bool | None = None
     unclip_ratio: tuple[float, float] | dict[int, tuple[float, float]] | None = None
     merge_bboxes_mode: str | dict[int, str] | None = None
     shape_mode: str = "auto"
-
-    def predict_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for paddlex's layout model ``predict``."""
-        return {
-            "threshold": self.threshold,
-            "layout_nms": self.nms,
-            "layout_unclip_ratio": self.unclip_ratio,
-            "layout_merge_bboxes_mode": self.merge_bboxes_mode,
-            "layout_shape_mode": self.shape_mode,
-        }
 
 
 def _class_id(field_name: str, key: Any, labels: Sequence[str]) -> int:

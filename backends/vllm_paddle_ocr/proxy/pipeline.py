@@ -243,6 +243,20 @@ class PageContext:
             bool(settings.get("use_ocr_for_image_block", False)),
         )
 
+    def markdown(
+        self, blocks: Sequence[ParsedBlock], *, prettify: bool, show_formula_number: bool
+    ) -> tuple[str, list[str]]:
+        """Markdown of blocks written with this page's settings, and the picture paths it comes with."""
+        settings = self.model_settings
+        return page_markdown(
+            blocks,
+            page_width=self.width,
+            style=MarkdownStyle(prettify, self.recognition, bool(settings.get("use_layout_detection", True))),
+            ignore_labels=settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
+            show_formula_number=show_formula_number,
+            figure_paths=self.figure_paths,
+        )
+
 
 def write_page(
     blocks: Sequence[ParsedBlock],
@@ -253,27 +267,18 @@ def write_page(
     global_ids: Optional[Sequence[tuple[int, int]]] = None,
 ) -> tuple[dict[str, Any], str, list[str]]:
     """A page's prunedResult, markdown text and the picture paths its markdown comes with."""
+    markdown_text, paths = context.markdown(blocks, prettify=prettify, show_formula_number=show_formula_number)
     settings = context.model_settings
-    use_layout = bool(settings.get("use_layout_detection", True))
-    recognition = context.recognition
-    markdown_text, paths = page_markdown(
-        blocks,
-        page_width=context.width,
-        style=MarkdownStyle(prettify, recognition, use_layout),
-        ignore_labels=settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
-        show_formula_number=show_formula_number,
-        figure_paths=context.figure_paths,
-    )
     pruned = pruned_result(
         blocks,
         width=context.width,
         height=context.height,
         model_settings=settings,
-        layout_boxes=context.layout_boxes if use_layout else None,
+        layout_boxes=context.layout_boxes if settings.get("use_layout_detection", True) else None,
         page_count=context.page_count,
         spotting=context.spotting,
         doc_preprocessor=context.doc_preprocessor,
-        recognition=recognition,
+        recognition=context.recognition,
         global_ids=global_ids,
     )
     return pruned, markdown_text, paths
@@ -404,16 +409,7 @@ def restructure_pruned_pages(
         flat = [b for page in restructured for b in page]
         flat_ids = [i for page_ids in ids for i in page_ids]
         pruned = concatenated_pruned(checked, flat, flat_ids)
-        first = contexts[0]
-        text, _ = page_markdown(
-            flat,
-            page_width=first.width,
-            style=MarkdownStyle(
-                prettify, first.recognition, bool(first.model_settings.get("use_layout_detection", True))
-            ),
-            ignore_labels=first.model_settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS),
-            show_formula_number=show_formula_number,
-        )
+        text, _ = contexts[0].markdown(flat, prettify=prettify, show_formula_number=show_formula_number)
         markdown: dict[str, Any] = {"text": text}
         if return_images:
             markdown["images"] = {k: v for _, images in pages for k, v in (images or {}).items()}
