@@ -93,8 +93,7 @@ def create_app(
     vlm_client = vlm or VlmClient(
         settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics
     )
-    # Idle upstream connections kept for reuse: a full batch of vLLM's sequences, and as many again.
-    passthrough = Passthrough(settings.upstream_url, state, metrics, max_keepalive_connections=2 * settings.concurrency)
+    passthrough = Passthrough(settings.upstream_url, state, metrics)
     handlers = _Handlers(settings, state, metrics, vlm_client, passthrough, visualize_default)
 
     @contextlib.asynccontextmanager

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Union
 from urllib.parse import urlsplit
 
-import httpcore
+import aiohttp
+from yarl import URL
 
 from .errors import openai_error_response
 from .metrics import ProxyMetrics
@@ -38,8 +38,10 @@ MAX_CONNECTIONS = 1024
 KEEPALIVE_EXPIRY_S = 4.0
 CONNECT_TIMEOUT_S = 10.0
 
-# httpcore's failures that mean the upstream could not be reached or broke off the exchange.
-_UPSTREAM_ERRORS = (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.TimeoutException)
+# aiohttp's failures that mean the upstream could not be reached or broke off the exchange.
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+# Headers aiohttp would add on its own; the client's request goes out with only the client's.
+_NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class _ClientGone(Exception):
@@ -55,24 +57,21 @@ def _named_in_connection(headers: Headers) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def request_headers(headers: Headers, host: bytes, body_length: Optional[int]) -> Headers:
-    """The client's headers for the upstream hop: Host set, hop-by-hop dropped, the body's framing declared.
+def request_headers(headers: Headers, body_length: Optional[int]) -> Headers:
+    """The client's headers for the upstream hop: hop-by-hop dropped, the body's length declared when known.
 
     `body_length` is the size of a body read whole, or None for one still streaming in: that one keeps
     the client's Content-Length when it gave one, else goes chunked.
     """
     declared = next((value for name, value in headers if name == b"content-length"), None)
     dropped = _DROP_FROM_REQUEST | _named_in_connection(headers)
-    kept = [(b"host", host)]
-    kept += [(name, value) for name, value in headers if name not in dropped]
+    kept = [(name, value) for name, value in headers if name not in dropped]
     if body_length is not None:
         if body_length or declared is not None:
             kept.append((b"content-length", str(body_length).encode()))
     elif declared is not None:
         kept.append((b"content-length", declared))
-    else:
-        kept.append((b"transfer-encoding", b"chunked"))
-    return kept
+    return kept  # a streamed body of unknown length goes chunked
 
 
 def response_headers(headers: Headers) -> Headers:
@@ -109,7 +108,6 @@ class Passthrough:
         metrics: ProxyMetrics,
         *,
         max_connections: int = MAX_CONNECTIONS,
-        max_keepalive_connections: Optional[int] = None,
         keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
@@ -117,25 +115,34 @@ class Passthrough:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the upstream must be a plain http:// URL, got {upstream_url!r}")
         port = parts.port or 80
-        self._scheme = b"http"
-        self._hostname = parts.hostname.encode("ascii")
-        self._port = port
         netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address
         self._host = f"{netloc}:{port}".encode("ascii")
         self._prefix = parts.path.rstrip("/").encode()
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=max_connections,
-            max_keepalive_connections=max_keepalive_connections,
-            keepalive_expiry=keepalive_expiry_s,
-        )
-        # No read timeout: a generation (or an SSE stream) takes as long as it takes.
-        self._extensions = {"timeout": {"connect": connect_timeout_s, "read": None, "write": None, "pool": None}}
+        self._base = f"http://{self._host.decode()}{self._prefix.decode()}"
+        self._limits = (max_connections, keepalive_expiry_s, connect_timeout_s)
+        self._session: Optional[aiohttp.ClientSession] = None
         self._state = state
         self._metrics = metrics
 
     async def aclose(self) -> None:
         """Close the upstream connections."""
-        await self._pool.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, made on first use: aiohttp binds it to the running event loop."""
+        if self._session is None:
+            limit, keepalive_s, connect_s = self._limits
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=keepalive_s),
+                # No read timeout: a generation (or an SSE stream) takes as long as it takes.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s),
+                auto_decompress=False,
+                skip_auto_headers=_NOT_ADDED,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -176,13 +183,15 @@ class Passthrough:
         first = await receive()
         if first["type"] == "http.disconnect":
             return
-        response: Optional[httpcore.Response] = None
+        response: Optional[aiohttp.ClientResponse] = None
         try:
             try:
-                response = await self._pool.handle_async_request(self._request(scope, first, receive, body_complete))
+                response = await self._send_request(scope, first, receive, body_complete, flags)
             except _ClientGone:
                 return
             except _UPSTREAM_ERRORS as exc:
+                if flags["gone"]:
+                    return  # the client left half-way through its body; aiohttp reports that as a send failure
                 self._metrics.passthrough.labels(status="502").inc()
                 self._metrics.errors.labels(kind="passthrough").inc()
                 answer = openai_error_response(
@@ -204,32 +213,40 @@ class Passthrough:
                 watcher.cancel()
             if response is not None:
                 # An unfinished response closes its connection: that is how vLLM learns to abort it.
-                await response.aclose()
+                if response.content.is_eof():
+                    response.release()
+                else:
+                    response.close()
 
-    def _request(
-        self, scope: Scope, first: dict[str, Any], receive: Receive, body_complete: Callable[[], None]
-    ) -> httpcore.Request:
-        target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
+    async def _send_request(
+        self,
+        scope: Scope,
+        first: dict[str, Any],
+        receive: Receive,
+        body_complete: Callable[[], None],
+        flags: dict[str, bool],
+    ) -> aiohttp.ClientResponse:
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
+            target += "?" + scope["query_string"].decode("latin-1")
         content: Union[bytes, AsyncIterator[bytes]]
         if first.get("more_body", False):
-            content = self._stream_body(first, receive, body_complete)
-            headers = request_headers(scope["headers"], self._host, None)
+            content = self._stream_body(first, receive, body_complete, flags)
+            headers = request_headers(scope["headers"], None)
         else:
             body_complete()
             content = first.get("body", b"")
-            headers = request_headers(scope["headers"], self._host, len(content))
-        return httpcore.Request(
+            headers = request_headers(scope["headers"], len(content))
+        return await self._client().request(
             scope["method"],
-            httpcore.URL(scheme=self._scheme, host=self._hostname, port=self._port, target=target),
-            headers=headers,
-            content=content,
-            extensions=self._extensions,
+            URL(self._base + target, encoded=True),
+            headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+            data=content,
+            allow_redirects=False,
         )
 
     async def _stream_body(
-        self, first: dict[str, Any], receive: Receive, body_complete: Callable[[], None]
+        self, first: dict[str, Any], receive: Receive, body_complete: Callable[[], None], flags: dict[str, bool]
     ) -> AsyncIterator[bytes]:
         """The client's body as it arrives; a disconnect half-way ends the exchange."""
         message = first
@@ -244,27 +261,26 @@ class Passthrough:
                 return
             message = await receive()
             if message["type"] == "http.disconnect":
+                flags["gone"] = True
                 raise _ClientGone()
 
-    async def _relay(self, scope: Scope, response: httpcore.Response, send: Send, flags: dict[str, bool]) -> None:
+    async def _relay(self, scope: Scope, response: aiohttp.ClientResponse, send: Send, flags: dict[str, bool]) -> None:
         """Send the response on as its body arrives; a body that breaks off cuts the client's response too."""
         self._metrics.passthrough.labels(status=str(response.status)).inc()
-        headers = response_headers(response.headers)
+        headers = response_headers(list(response.raw_headers))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        remaining = _body_length(scope["method"].encode(), response.status, response.headers)
+        remaining = _body_length(scope["method"].encode(), response.status, response.raw_headers)
         finished = False
         try:
-            async with contextlib.aclosing(response.aiter_stream()) as body:
-                async for data in body:
-                    if finished or not data:
-                        continue  # past the declared end only the end of the message is left to read
-                    if remaining > 0:
-                        remaining -= len(data)
-                        if remaining <= 0:  # the whole body: one message when it came in one read
-                            flags["done"] = finished = True
-                            await send({"type": "http.response.body", "body": data, "more_body": False})
-                            continue
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            # What has arrived goes on at once, several chunks in one message when they came together.
+            async for data in response.content.iter_any():
+                if remaining > 0:
+                    remaining -= len(data)
+                    if remaining <= 0:  # the whole body: one message when it came in one read
+                        flags["done"] = finished = True
+                        await send({"type": "http.response.body", "body": data, "more_body": False})
+                        break
+                await send({"type": "http.response.body", "body": data, "more_body": True})
         except _UPSTREAM_ERRORS as exc:
             # The status line is gone already: returning unfinished makes the server cut the client's connection.
             log.warning("upstream response broke off: %s", self._describe(exc))
@@ -276,6 +292,6 @@ class Passthrough:
 
     def _describe(self, exc: Exception) -> str:
         what = str(exc) or "no details"
-        if isinstance(exc, (httpcore.ConnectError, httpcore.ConnectTimeout)):
+        if isinstance(exc, (aiohttp.ClientConnectorError, asyncio.TimeoutError)):
             return f"cannot connect to {self._host.decode()} ({type(exc).__name__}: {what})"
         return f"{type(exc).__name__}: {what}"

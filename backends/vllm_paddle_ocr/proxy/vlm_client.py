@@ -6,10 +6,11 @@ import asyncio
 import base64
 import collections
 import io
+import json
 import time
 from typing import Any, Hashable
 
-import httpx
+import aiohttp
 from PIL import Image
 
 from .metrics import ProxyMetrics
@@ -140,18 +141,23 @@ class VlmClient:
         self.slots = FairSlots(concurrency, metrics)
         self._metrics = metrics
         self._url = base_url.rstrip("/") + "/v1/chat/completions"
-        # One connection per slot, all kept alive: the bound is the slots', the pool never makes a request wait.
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            limits=httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=KEEPALIVE_EXPIRY_S
-            ),
-            trust_env=False,
-        )
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, made on first use (aiohttp binds it to the running loop): one connection per slot."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency, keepalive_timeout=KEEPALIVE_EXPIRY_S),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=min(10.0, self.timeout_s)),
+                trust_env=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def recognize(
         self,
@@ -201,8 +207,9 @@ class VlmClient:
         attempt = 0
         while True:
             try:
-                response = await self._client.post(self._url, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                async with self._client().post(self._url, json=body) as response:
+                    status, data = response.status, await response.read()
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
                 # Nothing was processed (or the connection was dropped before an answer): safe to retry.
                 if attempt >= self.connect_retries:
                     raise VlmError(
@@ -211,25 +218,26 @@ class VlmClient:
                 await asyncio.sleep(_RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)])
                 attempt += 1
                 continue
-            except httpx.TimeoutException as exc:
+            except asyncio.TimeoutError as exc:
                 raise VlmError(f"the model server did not answer within {self.timeout_s:g} s", status_code=504) from exc
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 raise VlmError(f"the model server connection failed ({type(exc).__name__}: {exc})") from exc
-            return _first_choice_text(response)
+            return _first_choice_text(status, data)
 
 
-def _first_choice_text(response: httpx.Response) -> str:
-    if response.status_code != 200:
-        detail = response.text[:500]
+def _first_choice_text(status: int, data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    if status != 200:
+        detail = text[:500]
         try:
-            error = response.json().get("error")
+            error = json.loads(data).get("error")
             detail = error.get("message", detail) if isinstance(error, dict) else detail
-        except ValueError:
+        except (ValueError, AttributeError):
             pass
-        raise VlmError(f"the model server answered {response.status_code}: {detail}")
+        raise VlmError(f"the model server answered {status}: {detail}")
     try:
-        choice = response.json()["choices"][0]
+        choice = json.loads(data)["choices"][0]
         content = choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise VlmError(f"the model server's answer has no choices[0].message: {response.text[:200]}") from exc
+        raise VlmError(f"the model server's answer has no choices[0].message: {text[:200]}") from exc
     return content or ""
