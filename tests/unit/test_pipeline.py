@@ -171,6 +171,12 @@ def test_request_options_reach_the_detector_and_the_vlm():
     assert body["model"] == "PaddleOCR-VL-0.9B"
 
 
+def test_vlm_extra_args_this_server_ignores_are_logged(caplog):
+    with caplog.at_level("INFO", logger="vllm_paddle_ocr.proxy"):
+        run(image_document(), options_for(useLayoutDetection=False, vlmExtraArgs={"use_cache": True}))
+    assert "vlmExtraArgs keys ignored, as PaddleX ignores them: use_cache" in caplog.messages
+
+
 def test_upstream_failure_names_page_and_block_and_cancels_the_rest():
     async def table_fails(body):
         if prompt_of(body) == "Table Recognition:":

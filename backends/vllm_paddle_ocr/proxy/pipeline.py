@@ -455,6 +455,8 @@ class LayoutPipeline:
         visualize: bool,
     ) -> list[PageOutput]:
         """Every page of the document, in order; the first failure cancels the rest and is raised."""
+        if options.vlm.ignored_extra_args:
+            log.info("vlmExtraArgs keys ignored, as PaddleX ignores them: %s", ", ".join(options.vlm.ignored_extra_args))
         count = document.page_count
         outputs: list[Optional[PageOutput]] = [None] * count
         running: dict[asyncio.Future[PageOutput], int] = {}
