@@ -20,6 +20,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import (
     ink_bounds,
     merge_text_blocks,
     overlap_of_smaller,
+    pad_to_aspect,
     page_figures,
     paint_markers,
     picture_path,
@@ -384,3 +385,14 @@ def test_block_orders_skip_unordered_and_ignored_labels() -> None:
     labels = ["doc_title", "image", "figure_title", "text", "number", "table", "text", "formula_number"]
     assert block_orders(labels, ["number"]) == [1, None, None, 2, None, None, 3, 4]
     assert block_orders(labels, []) == [1, None, None, 2, 3, None, 4, 5]
+
+
+def test_only_pictures_thinner_than_the_limit_are_padded():
+    from PIL import Image
+
+    upright = Image.new("RGB", (4, 1000), "black")
+    padded = pad_to_aspect(upright, 100)
+    assert padded.size == (10, 1000)
+    assert padded.getpixel((0, 500)) == (255, 255, 255) and padded.getpixel((5, 500)) == (0, 0, 0)
+    usual = Image.new("RGB", (300, 40))
+    assert pad_to_aspect(usual, 100) is usual

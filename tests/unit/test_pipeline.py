@@ -300,3 +300,21 @@ def test_restructured_pages_keep_what_they_do_not_read():
     assert pruned["model_settings"]["custom"] == "kept"
     assert pruned["layout_det_res"] == {"boxes": [{"label": "text", "score": 0.9}]}
     assert [b["block_content"] for b in pruned["parsing_res_list"]] == ["1 Intro", ""]
+
+
+def test_a_hairline_block_is_padded_to_a_shape_vllm_accepts():
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import LayoutBox
+
+    class HairlineDetector:
+        labels = ()
+
+        def detect(self, image, options=None):
+            return [LayoutBox(22, "text", 0.8, (50, 100, 1350, 106), 1)]  # 1300 x 6: vLLM refuses 200:1
+
+    page = open_document(png_bytes(Image.new("RGB", (1400, 300), "black")), "IMAGE", LIMITS)
+    (result,), fake = run(page, options_for(), detector=HairlineDetector())
+    sent = decoded(fake.bodies[0]["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1]).convert("RGB")
+    width, height = sent.size
+    assert width == 1300 and width / height < 200
+    assert max(sent.getpixel((650, height // 2))) < 30 and min(sent.getpixel((650, 0))) > 225  # the line, then white
+    assert result.result["prunedResult"]["parsing_res_list"][0]["block_bbox"] == [50, 100, 1350, 106]

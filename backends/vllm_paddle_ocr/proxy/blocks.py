@@ -9,6 +9,7 @@ reading order. Pillow is used only by the few functions that take or return an i
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ FIGURE_LABELS = frozenset({"image", "figure", "seal"})  # pictures that can sit 
 MIN_SIDE = 6  # boxes thinner than this are dropped
 MIN_MARKER_SIDE = 25  # pictures inside a table smaller than this are dropped, not marked
 MAX_STACK_ASPECT = 3  # merged text stacks at least this tall (height / width) are not merged
+MAX_PICTURE_ASPECT = 150  # vLLM refuses pictures of 200:1 or more: thinner ones are padded first
 
 # Labels without a reading-order number (block_order null), besides the markdown-ignored ones.
 SKIP_ORDER_LABELS: tuple[str, ...] = (
@@ -484,6 +486,20 @@ def trim_formula_margin(image: Image.Image) -> Image.Image:
     if box[2] - box[0] <= 2 or box[3] - box[1] <= 2:
         return image
     return image.crop(box)
+
+
+def pad_to_aspect(image: Image.Image, max_ratio: float = MAX_PICTURE_ASPECT) -> Image.Image:
+    """The picture centred on white, thickened until its long side is at most ``max_ratio`` times the short one."""
+    width, height = image.size
+    if width > height * max_ratio:
+        size = (width, math.ceil(width / max_ratio))
+    elif height > width * max_ratio:
+        size = (math.ceil(height / max_ratio), height)
+    else:
+        return image
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+    return canvas
 
 
 # ---------------------------------------------------------------- page plan and assembly

@@ -28,6 +28,7 @@ from .blocks import (
     crop,
     crop_size,
     finish_page,
+    pad_to_aspect,
     paint_markers,
     plan_page,
     stack_image,
@@ -127,7 +128,7 @@ def _use_polygons(options: RequestOptions) -> bool:
 
 
 def task_image(page: Image.Image, block: Block, task: Task, *, use_polygon: bool) -> Image.Image:
-    """The picture sent for one task: a crop or a stack, markers painted, margin trimmed, upscaled."""
+    """The picture sent for one task: a crop or a stack, markers painted, margin trimmed, upscaled, padded."""
     if task.stack is not None:
         image = stack_image(page, task.stack, use_polygon=use_polygon)
     else:
@@ -140,7 +141,7 @@ def task_image(page: Image.Image, block: Block, task: Task, *, use_polygon: bool
         size = spotting_upscale(*image.size)
         if size != image.size:
             image = image.resize(size, Image.Resampling.LANCZOS)
-    return image
+    return pad_to_aspect(image)
 
 
 def prepare_page(
