@@ -130,9 +130,14 @@ def test_a_small_request_is_not_starved_by_a_large_one():
     assert last_small < 20, finished  # done long before the big request drains
 
 
-def test_upstream_error_status_is_a_clear_bad_gateway():
+@pytest.mark.parametrize(
+    "upstream, status, phrase",
+    [(500, 502, "answered 500"), (400, 422, "refused this block's request")],
+    ids=["server-failure-is-bad-gateway", "refused-request-is-the-clients"],
+)
+def test_upstream_error_status_is_clear(upstream, status, phrase):
     async def refuse(body):
-        return 400
+        return upstream
 
     async def main():
         async with serve_on_loopback(FakeVllm(answer=refuse)) as base:
@@ -144,8 +149,8 @@ def test_upstream_error_status_is_a_clear_bad_gateway():
 
     with pytest.raises(VlmError) as info:
         asyncio.run(main())
-    assert info.value.status_code == 502
-    assert "answered 400" in info.value.message and "fake failure 400" in info.value.message
+    assert info.value.status_code == status
+    assert phrase in info.value.message and f"fake failure {upstream}" in info.value.message
 
 
 def test_connection_errors_are_retried_then_reported():

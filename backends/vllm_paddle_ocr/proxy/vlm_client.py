@@ -234,6 +234,8 @@ def _first_choice_text(status: int, data: bytes) -> str:
             detail = error.get("message", detail) if isinstance(error, dict) else detail
         except (ValueError, AttributeError):
             pass
+        if status == 400:  # vLLM refused what the request asked for (e.g. maxNewTokens beyond the served context)
+            raise VlmError(f"the model server refused this block's request: {detail}", status_code=422)
         raise VlmError(f"the model server answered {status}: {detail}")
     try:
         choice = json.loads(data)["choices"][0]
