@@ -26,6 +26,8 @@ log = logging.getLogger("vllm_paddle_ocr.supervisor")
 TAIL_LINES = 40
 KILL_WAIT_S = 3.0
 WATCH_INTERVAL_S = 0.2
+# Longest vLLM output line read whole; a longer one is passed on in pieces (its pipe must never stall).
+LINE_LIMIT = 1 << 20
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -111,7 +113,6 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.state: Any = None
-        self.server: Any = None
 
     # -- vLLM ---------------------------------------------------------------------------------
     async def start_vllm(self) -> None:
@@ -125,6 +126,7 @@ class Supervisor:
             env=env,
             start_new_session=True,
             preexec_fn=_child_preexec,
+            limit=LINE_LIMIT,
         )
         for stream, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr)):
             self.spawn(self._pump(stream, out))
@@ -140,7 +142,10 @@ class Supervisor:
         if stream is None:
             return
         while True:
-            line = await stream.readline()
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line beyond LINE_LIMIT: take what is buffered and go on
+                line = await stream.read(LINE_LIMIT)
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip("\n")
@@ -173,8 +178,7 @@ class Supervisor:
                             f"{answer.text[:500]}. Its last lines:\n{self.last_lines()}"
                         )
                 except httpx.TransportError:
-                    if healthy:
-                        healthy = False
+                    healthy = False
                 await asyncio.sleep(0.5)
         raise StartupFailed(
             f"vLLM did not answer its warm-up request within {self.plan.proxy.ready_timeout_s:.0f} s "
