@@ -6,6 +6,7 @@ The VLM is a small real HTTP server on loopback and the detector returns fixed b
 import asyncio
 import base64
 import io
+import threading
 
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from PIL import Image
 from tests.fixtures.documents import make_page_image, png_bytes
 from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema
 from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy import pipeline as pipeline_module
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.errors import InputError, UpstreamError
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.inputs import InputLimits, open_document
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.metrics import ProxyMetrics
@@ -156,6 +158,47 @@ def test_pages_come_back_in_order_with_a_bounded_window():
     assert [p.size[0] for p in pages] == widths
     assert [p.result["prunedResult"]["width"] for p in pages] == widths
     assert detector.calls == 6 and detector.max_running <= 2
+
+
+def test_rendered_pages_are_bounded_across_concurrent_requests(monkeypatch):
+    """Two documents at once still hold at most pages_in_flight rendered pages in memory together."""
+    live = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real_prepare, real_assemble = pipeline_module.prepare_page, pipeline_module.assemble_page
+
+    def prepare(*args, **kwargs):
+        with lock:
+            live["now"] += 1
+            live["most"] = max(live["most"], live["now"])
+        return real_prepare(*args, **kwargs)
+
+    def assemble(*args, **kwargs):
+        try:
+            return real_assemble(*args, **kwargs)
+        finally:
+            with lock:
+                live["now"] -= 1
+
+    monkeypatch.setattr(pipeline_module, "prepare_page", prepare)
+    monkeypatch.setattr(pipeline_module, "assemble_page", assemble)
+    widths = [300, 340, 380, 420]
+
+    async def main():
+        async with serve_on_loopback(FakeVllm(answer=by_prompt)) as base:
+            client = VlmClient(base, "PaddleOCR-VL-0.9B", 4)
+            try:
+                pipeline = LayoutPipeline(client, pages_in_flight=2)
+                return await asyncio.gather(*(
+                    pipeline.parse(tiff_document(widths), options_for(), detector=FakeDetector(), owner=owner,
+                                   visualize=False)
+                    for owner in ("first", "second")
+                ))
+            finally:
+                await client.aclose()
+
+    first, second = asyncio.run(main())
+    assert [p.size[0] for p in first] == [p.size[0] for p in second] == widths
+    assert live["most"] <= 2
 
 
 def test_request_options_reach_the_detector_and_the_vlm():

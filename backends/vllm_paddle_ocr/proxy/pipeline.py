@@ -445,6 +445,8 @@ class LayoutPipeline:
         self.vlm = vlm
         self.metrics = metrics
         self.pages_in_flight = pages_in_flight or default_pages_in_flight(vlm.slots.capacity)
+        # The bound holds for the whole process, not per request: concurrent documents share it.
+        self._rendered_pages = asyncio.Semaphore(self.pages_in_flight)
 
     async def parse(
         self,
@@ -490,12 +492,13 @@ class LayoutPipeline:
         owner: Hashable,
         visualize: bool,
     ) -> PageOutput:
-        prepared = await asyncio.to_thread(prepare_page, document, index, options, detector)
-        if self.metrics is not None:
-            for planned in prepared.plan.blocks:
-                self.metrics.blocks.labels(label=planned.block.label).inc()
-        texts = await self._recognize(prepared, options, owner)
-        output = await asyncio.to_thread(assemble_page, prepared, texts, options, visualize=visualize)
+        async with self._rendered_pages:  # a rendered page holds memory until it is assembled
+            prepared = await asyncio.to_thread(prepare_page, document, index, options, detector)
+            if self.metrics is not None:
+                for planned in prepared.plan.blocks:
+                    self.metrics.blocks.labels(label=planned.block.label).inc()
+            texts = await self._recognize(prepared, options, owner)
+            output = await asyncio.to_thread(assemble_page, prepared, texts, options, visualize=visualize)
         if self.metrics is not None:
             self.metrics.pages.inc()
         return output
