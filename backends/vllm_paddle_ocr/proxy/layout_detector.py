@@ -14,7 +14,7 @@ is a step of the block planning that follows, as in PaddleX's pipeline.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, Union
@@ -196,6 +196,15 @@ def default_threshold(model_name: str) -> Union[float, dict[int, float]]:
     return V3_DEFAULT_THRESHOLD if model_name == "PP-DocLayoutV3" else dict(V2_DEFAULT_THRESHOLD)
 
 
+def _per_class(value: Any, default: Any, convert: Callable[[Any], Any]) -> Any:
+    """A layout option as paddlex takes it: the default when unset, per class id for a mapping, else one value."""
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return {_class_id(k): convert(v) for k, v in value.items()}
+    return convert(value)
+
+
 def predict_kwargs(options: Optional[LayoutOptions], model_name: str = "PP-DocLayoutV2") -> dict[str, Any]:
     """paddlex ``predict`` keywords for a request's layout options, PaddleOCR-VL's defaults where unset.
 
@@ -206,29 +215,9 @@ def predict_kwargs(options: Optional[LayoutOptions], model_name: str = "PP-DocLa
     merge dict leaves out. An explicit ``nms=False`` turns NMS off (PaddleX's pipeline cannot).
     """
     opts = options if options is not None else LayoutOptions()
-    threshold: Union[float, dict[int, float]]
-    if opts.threshold is None:
-        threshold = default_threshold(model_name)
-    elif isinstance(opts.threshold, Mapping):
-        threshold = {_class_id(k): float(v) for k, v in opts.threshold.items()}
-    else:
-        threshold = float(opts.threshold)
-
-    unclip: Union[tuple[float, float], dict[int, tuple[float, float]]]
-    if opts.unclip_ratio is None:
-        unclip = DEFAULT_UNCLIP_RATIO
-    elif isinstance(opts.unclip_ratio, Mapping):
-        unclip = {_class_id(k): _pair(v) for k, v in opts.unclip_ratio.items()}
-    else:
-        unclip = _pair(opts.unclip_ratio)
-
-    merge: Union[str, dict[int, str]]
-    if opts.merge_bboxes_mode is None:
-        merge = dict(V2_DEFAULT_MERGE_BBOXES_MODE)
-    elif isinstance(opts.merge_bboxes_mode, Mapping):
-        merge = {_class_id(k): _merge_mode(v) for k, v in opts.merge_bboxes_mode.items()}
-    else:
-        merge = _merge_mode(opts.merge_bboxes_mode)
+    threshold = _per_class(opts.threshold, default_threshold(model_name), float)
+    unclip = _per_class(opts.unclip_ratio, DEFAULT_UNCLIP_RATIO, _pair)
+    merge = _per_class(opts.merge_bboxes_mode, dict(V2_DEFAULT_MERGE_BBOXES_MODE), _merge_mode)
 
     shape_mode = opts.shape_mode or "auto"
     if shape_mode not in SHAPE_MODES:
