@@ -102,7 +102,7 @@ class FixedLayout:
     labels: tuple[str, ...] = ()
 
     def detect(self, image, options=None):
-        from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import LayoutBox
+        from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
 
         width, height = image.size
         return [
@@ -151,8 +151,8 @@ async def run(args: argparse.Namespace, port: int) -> None:
     from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.inputs import InputLimits, open_document
     from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import request_options
     from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pipeline import LayoutPipeline
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.vlm_client import VlmClient
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.vlm_client import VlmClient
 
     limits = InputLimits(1 << 30, 10_000, 178_956_970)
     options = request_options(InferRequest(file="-", visualize=args.visualize), model_version="0.9B")

@@ -127,7 +127,7 @@ def serve_upstream(port: int, delay_ms: float, events: int) -> None:
 def serve_proxy(port: int, upstream_port: int) -> None:
     import uvicorn
 
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import ProxySettings
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import ProxySettings
     from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app
 
     settings = ProxySettings(

@@ -18,15 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
     PUBLISHED_PREPROCESSOR_CONFIG,
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import served_context_length
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import CUDA_CONTEXT_BYTES, ModelMemoryNeeds, read_memory_needs
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import GpuSnapshot, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import served_context_length
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import CUDA_CONTEXT_BYTES, ModelMemoryNeeds, read_memory_needs
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import GpuSnapshot, RecordedNvml, read_snapshot
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
 
 ROOT = Path(__file__).resolve().parents[1]

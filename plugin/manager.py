@@ -57,12 +57,12 @@ def plan_launch(pm: pluggy.PluginManager, request: Any) -> Any:
     runtime = get_runtime(pm, request.runtime)
     hook = pm.hook
     model = _answer(hook.resolve_model(runtime=runtime, request=request), "resolve_model", runtime)
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.engine import detect_engine
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import detect_engine
 
     engine = detect_engine()
     compat = _answer(hook.check_compatibility(runtime=runtime, model=model, engine=engine), "check_compatibility", runtime)
     if not compat.supported:
-        from vllm_paddle_ocr.backends.vllm_paddle_ocr.architecture import IncompatibleEngine
+        from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.compatibility import IncompatibleEngine
 
         raise IncompatibleEngine(compat.reason)
     vram = hook.plan_vram(runtime=runtime, request=request, model=model, engine=engine)

@@ -23,8 +23,8 @@ from tests.integration.gpustack_server import (
     gpustack_venv,
     running_gpustack,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import manifests
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.gpustack_install import install, link_name
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import manifests
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.gpustack_install import install, link_name
 from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, get_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -360,7 +360,7 @@ def test_07_catalog_loads_with_gpustack_071s_catalog_code(gpustack07_venv, files
 
 def test_07_worker_accepts_the_installed_link_and_runs_it(gpustack07_venv, tmp_path):
     runtime = get_runtime(get_plugin_manager(), manifests.BUILTIN_RUNTIME)
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.gpustack_install import find_executable
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.gpustack_install import find_executable
 
     bin_dir = tmp_path / "data" / "bin"
     install(bin_dir, link_name(runtime), find_executable(runtime.executable))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.fixtures.tiny_layout import LABELS
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
     LayoutBox,
     LayoutModelError,
     PaddlexLayoutDetector,

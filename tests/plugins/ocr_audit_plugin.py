@@ -22,7 +22,7 @@ def register_runtimes(register):
 def resolve_model(runtime, request):
     if runtime.name != AUDIT.name:
         return None
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.model_repo import resolve_model_repo
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 
     return resolve_model_repo(request.model_path)
 
@@ -31,7 +31,7 @@ def resolve_model(runtime, request):
 def check_compatibility(runtime, model, engine):
     if runtime.name != AUDIT.name:
         return None
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.architecture import Compatibility
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.compatibility import Compatibility
 
     return Compatibility(supported=True, reason="audited runtime accepts every PaddleOCR-VL repo")
 
@@ -40,7 +40,7 @@ def check_compatibility(runtime, model, engine):
 def build_launch_plan(runtime, request, model, engine, vram):
     if runtime.name != AUDIT.name:
         return None
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import build_launch_plan as build
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import build_launch_plan as build
 
     plan = build(request, model, engine, vram, python="python3", chat_template=model.vlm_dir / "chat_template.jinja",
                  upstream_port=18000, environ={})

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import architecture, engine
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.architecture import check_compatibility
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.engine import EngineInfo, known_options, parse_version
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.model_repo import resolve_model_repo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import compatibility as architecture, engine
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.compatibility import check_compatibility
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import EngineInfo, known_options, parse_version
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import (
     trim_formula_margin,
     whole_page_block,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.prompts import Recognition
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.prompts import Recognition
 
 PAGE = (400, 600)
 NON_MERGE = Recognition().non_merge_labels()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import catalog
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import CatalogEntry, ModelSources
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import RECOMMENDED_FLAGS
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import catalog
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import CatalogEntry, ModelSources
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import RECOMMENDED_FLAGS
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
 from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager
 

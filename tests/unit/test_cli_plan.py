@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
 
-EXE = [sys.executable, "-m", "vllm_paddle_ocr.backends.vllm_paddle_ocr.cli"]
+EXE = [sys.executable, "-m", "vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.cli"]
 
 
 def run(*args, env=None):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import gpu_lock
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.gpu_lock import GpuLockTimeout, gpu_start_lock
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import gpu_lock
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.gpu_lock import GpuLockTimeout, gpu_start_lock
 
 GPU_A = "GPU-5c3b9e2a-7f41-4d0e-9a63-2f8e1b6d4c70"
 GPU_B = "GPU-a7e4f0d3-61c2-4e89-b5a0-9d3f7c2e1b46"

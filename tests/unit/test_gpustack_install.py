@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import cli
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.gpustack_install import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import cli
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.gpustack_install import (
     InstallError,
     find_executable,
     gpustack_bin_dir,
     install,
     uninstall,
 )
-from vllm_paddle_ocr.plugin.runtime import RUNTIME
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.runtime import RUNTIME
 
 
 def _worker_path(bin_dir: Path) -> Path:

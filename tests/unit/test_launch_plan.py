@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.engine import EngineInfo
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import build_launch_plan, served_context_length
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.model_repo import resolve_model_repo
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import parse_serve_argv
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import EngineInfo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import build_launch_plan, served_context_length
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 
 NEW_VLLM = EngineInfo(distribution="vllm", version="0.32.0", native_paddleocr_vl=True, known_options=None)
 OLD_VLLM = EngineInfo(

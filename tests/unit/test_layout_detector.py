@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
     LayoutBox,
     LayoutModelError,
     LayoutModelSpec,

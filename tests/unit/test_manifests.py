@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import cli, manifests
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import CatalogEntry, ModelSources, builtin_catalog_entries
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import manifests
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import cli
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import CatalogEntry, ModelSources, builtin_catalog_entries
 from vllm_paddle_ocr.plugin.manager import get_plugin_manager, runtimes
 from vllm_paddle_ocr.plugin.models import Runtime
 

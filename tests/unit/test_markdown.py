@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import ParsedBlock, picture_path
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.markdown import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.output.markdown import (
     DEFAULT_MARKDOWN_IGNORE_LABELS,
     MarkdownStyle,
     blocks_from_pruned,
@@ -26,8 +26,8 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.markdown import (
     title_markdown,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import page_options
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.prompts import Recognition
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.prompts import Recognition
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
 
 WIDTH = 400
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import memory_needs as mn
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import PUBLISHED_TEXT_CONFIG, PUBLISHED_VISION_CONFIG
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import MemoryNeedsError, read_memory_needs
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import memory_needs as mn
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import PUBLISHED_TEXT_CONFIG, PUBLISHED_VISION_CONFIG
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import MemoryNeedsError, read_memory_needs
 
 SIZES = {"BF16": 2, "F32": 4, "I64": 8, "U8": 1}
 

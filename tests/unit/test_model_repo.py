@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.model_repo import ModelRepoError, resolve_model_repo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import ModelRepoError, resolve_model_repo
 
 
 def layout_model(path: Path) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import nvml
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import NvmlUnavailable, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import nvml
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import NvmlUnavailable, RecordedNvml, read_snapshot
 
 CARDS = Path(__file__).parent / "data" / "gpus"
 GiB = 1024**3
@@ -186,7 +186,7 @@ def test_the_real_nvml_on_this_machine_gives_gpus_or_a_clear_no_gpu_result():
 
 def test_pynvml_is_imported_only_when_a_snapshot_is_taken():
     code = (
-        "import sys; import vllm_paddle_ocr.backends.vllm_paddle_ocr.vram as v; "
+        "import sys; import vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.vram as v; "
         "print('pynvml' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,7 +16,7 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import (
     skip_special_tokens_for,
     vlm_options,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
 
 
 def req(**fields: Any) -> InferRequest:

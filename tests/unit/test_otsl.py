@@ -7,7 +7,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.otsl import Cell, otsl_to_html, parse_table
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.otsl import Cell, otsl_to_html, parse_table
 
 # ---------------------------------------------------------------- generators
 

@@ -25,10 +25,14 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 def test_only_namespaced_packages_land_in_site_packages(wheel):
     tops = {name.split("/", 1)[0] for name in wheel.namelist()}
     assert tops == {"vllm_paddle_ocr", next(t for t in tops if t.endswith(".dist-info"))}
-    names = wheel.namelist()
-    for module in ("vllm_paddle_ocr/plugin/hookspecs.py", "vllm_paddle_ocr/backends/vllm_paddle_ocr/cli.py",
-                   "vllm_paddle_ocr/backends/vllm_paddle_ocr/proxy/app.py"):
-        assert module in names
+
+
+def test_every_source_module_ships(wheel):
+    """A sub-package missing from pyproject's list would install without its modules."""
+    names = set(wheel.namelist())
+    sources = [*ROOT.joinpath("plugin").rglob("*.py"), *ROOT.joinpath("backends").rglob("*.py")]
+    expected = {"vllm_paddle_ocr/" + str(path.relative_to(ROOT)) for path in sources if "__pycache__" not in path.parts}
+    assert expected - names == set()
 
 
 def test_templates_ship_as_package_data(wheel):
@@ -40,6 +44,6 @@ def test_templates_ship_as_package_data(wheel):
 def test_console_script_and_entry_points(wheel):
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    assert "vllm_paddle_ocr = vllm_paddle_ocr.backends.vllm_paddle_ocr.cli:main" in text
-    assert "[vllm_paddle_ocr]\nvllm_paddle_ocr = vllm_paddle_ocr.plugin.runtime" in text
+    assert "vllm_paddle_ocr = vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.cli:main" in text
+    assert "[vllm_paddle_ocr]\nvllm_paddle_ocr = vllm_paddle_ocr.backends.vllm_paddle_ocr.runtime" in text
     assert "[vllm.general_plugins]" in text

@@ -26,8 +26,8 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pipeline import (
     jpeg_base64,
     restructure_pruned_pages,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.schemas import InferRequest
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.vlm_client import VlmClient
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.vlm_client import VlmClient
 
 LIMITS = InputLimits(10**9, 100, 178_956_970)
 TABLE_OTSL = "<fcel>Region<fcel>Sales<nl><fcel>North<fcel>12<nl>"
@@ -271,7 +271,7 @@ def test_layout_drawing_marks_every_box():
 
 
 def test_polygon_boxes_are_cropped_and_reported_as_lists():
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import LayoutBox
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
 
     class PolygonDetector:
         labels = ()
@@ -346,7 +346,7 @@ def test_restructured_pages_keep_what_they_do_not_read():
 
 
 def test_a_hairline_block_is_padded_to_a_shape_vllm_accepts():
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout_detector import LayoutBox
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
 
     class HairlineDetector:
         labels = ()

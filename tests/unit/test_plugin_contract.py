@@ -8,7 +8,7 @@ import pytest
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
 from vllm_paddle_ocr.plugin import get_plugin_manager, hookspecs, plan_launch
 from vllm_paddle_ocr.plugin.manager import PluginError, runtimes
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import parse_serve_argv
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 

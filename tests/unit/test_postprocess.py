@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.postprocess import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.postprocess import (
     min_length_to_truncate,
     normalize_latex_delimiters,
     parse_spotting,

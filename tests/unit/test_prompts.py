@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.prompts import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.prompts import (
     PromptLabelError,
     Recognition,
     check_prompt_label,

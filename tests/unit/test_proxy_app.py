@@ -14,7 +14,7 @@ import httpx
 from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, png_bytes
 from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema, paddlex_result_response
 from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.launch_plan import ProxySettings
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import ProxySettings
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app, drain
 
 PNG = base64.b64encode(png_bytes(make_page_image(600, 800))).decode()

@@ -6,7 +6,7 @@ import types
 
 import pytest
 from pydantic import BaseModel, ValidationError
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy import schemas
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy import protocol as schemas
 
 
 def test_file_is_the_only_required_field() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import ServeArgsError, parse_serve_argv, split_flags
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import ServeArgsError, parse_serve_argv, split_flags
 
 GPUSTACK_ARGV = [
     "/var/lib/gpustack/cache/huggingface/PaddlePaddle/PaddleOCR-VL",

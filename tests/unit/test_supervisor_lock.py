@@ -5,7 +5,7 @@ import fcntl
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import gpu_lock, supervisor
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import gpu_lock, supervisor
 
 
 class Plan:

@@ -11,7 +11,7 @@ from PIL import Image
 from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.metrics import ProxyMetrics
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import VlmOptions
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.vlm_client import FairSlots, VlmClient, VlmError, jpeg_data_url
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.vlm_client import FairSlots, VlmClient, VlmError, jpeg_data_url
 
 
 def test_free_slots_go_round_robin_between_waiting_owners():

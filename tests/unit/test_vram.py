@@ -11,23 +11,23 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import vram
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
     PUBLISHED_PREPROCESSOR_CONFIG,
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.memory_needs import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import (
     BLOCK_MAX_PIXELS,
     CUDA_CONTEXT_BYTES,
     NCCL_BYTES,
     PLANNING_NEW_TOKENS,
     read_memory_needs,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.nvml import GpuInfo, GpuProcess, GpuSnapshot, RecordedNvml, read_snapshot
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import parse_serve_argv
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import GpuInfo, GpuProcess, GpuSnapshot, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import format_bytes, parse_size
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.vram import VramError, VramOptions, plan_vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.vram import VramError, VramOptions, plan_vram
 
 CARDS = Path(__file__).parent / "data" / "gpus"
 GiB = 1024**3

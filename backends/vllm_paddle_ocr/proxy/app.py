@@ -34,7 +34,7 @@ from .metrics import ProxyMetrics
 from .options import OptionsError, RequestOptions, request_options
 from .passthrough import Passthrough
 from .pipeline import LayoutDetector, LayoutPipeline, restructure_outputs, restructure_pruned_pages
-from .schemas import (
+from .protocol import (
     INFER_ENDPOINT,
     RESTRUCTURE_PAGES_ENDPOINT,
     ErrorResponse,
@@ -46,10 +46,10 @@ from .schemas import (
 )
 from .state import UpstreamState
 from .url_fetch import UrlFetcher, UrlPolicy
-from .vlm_client import VlmClient
+from .recognition.vlm_client import VlmClient
 
 if TYPE_CHECKING:
-    from ..launch_plan import ProxySettings
+    from ..planning.launch_plan import ProxySettings
 
 __all__ = ["UpstreamState", "create_app", "drain", "run_proxy"]
 

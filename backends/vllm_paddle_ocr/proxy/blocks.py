@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .prompts import PROMPTS, Kind, Recognition, kind_for_label
+from .recognition.prompts import PROMPTS, Kind, Recognition, kind_for_label
 
 BBox = tuple[int, int, int, int]
 Point = tuple[float, float]

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .markdown import DEFAULT_MARKDOWN_IGNORE_LABELS
-from .prompts import Kind, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
-from .schemas import MERGE_BBOXES_MODES, InferRequest
+from .output.markdown import DEFAULT_MARKDOWN_IGNORE_LABELS
+from .recognition.prompts import Kind, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
+from .protocol import MERGE_BBOXES_MODES, InferRequest
 
 # PP-DocLayoutV2 class ids, in order (PP-DocLayoutV3 numbers its classes differently).
 PP_DOCLAYOUT_V2_LABELS: tuple[str, ...] = (

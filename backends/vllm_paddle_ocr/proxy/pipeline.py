@@ -37,8 +37,8 @@ from .blocks import (
 )
 from .errors import InputError, ProxyError, UpstreamError, dotted_location
 from .inputs import Document, render_page
-from .layout_detector import LayoutDetector
-from .markdown import (
+from .layout.paddle import LayoutDetector
+from .output.markdown import (
     DEFAULT_MARKDOWN_IGNORE_LABELS,
     MarkdownStyle,
     blocks_from_pruned,
@@ -49,10 +49,10 @@ from .markdown import (
 )
 from .metrics import ProxyMetrics
 from .options import RequestOptions, skip_special_tokens_for
-from .postprocess import parse_spotting, postprocess_block_text, spotting_upscale
-from .prompts import Recognition
-from .schemas import PrunedResult
-from .vlm_client import VlmClient, VlmError, jpeg_data_url
+from .recognition.postprocess import parse_spotting, postprocess_block_text, spotting_upscale
+from .recognition.prompts import Recognition
+from .protocol import PrunedResult
+from .recognition.vlm_client import VlmClient, VlmError, jpeg_data_url
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .engine import EngineInfo
 from .memory_needs import processor_max_pixels
 from .model_repo import ModelRepo
-from .serve_args import ServeRequest, split_flags
+from ..serving.argv import ServeRequest, split_flags
 from .vram import DEFAULT_CONCURRENCY, VramPlan
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"

@@ -10,11 +10,11 @@ from typing import Iterator
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from vllm_paddle_ocr.plugin.manager import PluginError
 
-    from .architecture import IncompatibleEngine
+    from ..planning.compatibility import IncompatibleEngine
     from .gpu_lock import GpuLockError
-    from .model_repo import ModelRepoError
-    from .serve_args import ServeArgsError
-    from .vram import VramError
+    from ..planning.model_repo import ModelRepoError
+    from .argv import ServeArgsError
+    from ..planning.vram import VramError
 
     return (PluginError, IncompatibleEngine, GpuLockError, ModelRepoError, ServeArgsError, VramError)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, Union
 
-from .options import (
+from ..options import (
     DEFAULT_LAYOUT_NMS,
     DEFAULT_UNCLIP_RATIO,
     PP_DOCLAYOUT_V2_LABELS,
@@ -28,7 +28,7 @@ from .options import (
     V3_DEFAULT_THRESHOLD,
     LayoutOptions,
 )
-from .schemas import MERGE_BBOXES_MODES, SHAPE_MODES
+from ..protocol import MERGE_BBOXES_MODES, SHAPE_MODES
 
 if TYPE_CHECKING:
     import numpy as np

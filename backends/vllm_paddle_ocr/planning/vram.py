@@ -39,7 +39,7 @@ from .memory_needs import (
     read_memory_needs,
 )
 from .nvml import NO_GPU, GpuProcess, GpuSnapshot, describe_holders, gpu_label, read_snapshot
-from .sizes import format_bytes, parse_size
+from ..sizes import format_bytes, parse_size
 
 # 16 in-flight block requests: PaddleX sends every block of a page at once and a page has 10 to 30
 # blocks, so 16 keeps the GPU busy for a 0.9B model while one page takes about two rounds; the KV cache

@@ -7,8 +7,8 @@ import logging
 import sys
 import textwrap
 
-from .gpustack_install import DEFAULT_DATA_DIR
-from .serve_args import OWN_OPTIONS, ServeArgsError, parse_serve_argv
+from ..deploy.gpustack_install import DEFAULT_DATA_DIR
+from .argv import OWN_OPTIONS, ServeArgsError, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
 
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = _top_parser().parse_args(argv)
     if args.command == "manifests":
-        from .manifests import run_manifests_command
+        from ..deploy.manifests import run_manifests_command
 
         return run_manifests_command(output_dir=args.output_dir, check=args.check)
     if args.command == "gpustack":
-        from .gpustack_install import run_gpustack_command
+        from ..deploy.gpustack_install import run_gpustack_command
 
         return run_gpustack_command(args.gpustack_command, data_dir=args.data_dir, bin_dir=args.bin_dir)
     _top_parser().print_help()

@@ -8,11 +8,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr import architecture, launch_plan, model_repo, vram
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.serve_args import ServeRequest
+from .planning import compatibility as architecture, launch_plan, model_repo, vram
+from .serving.argv import ServeRequest
 
-from .hookspecs import hookimpl
-from .models import Runtime
+from vllm_paddle_ocr.plugin.hookspecs import hookimpl
+from vllm_paddle_ocr.plugin.models import Runtime
 
 RUNTIME = Runtime(
     name="vllm_paddle_ocr",
@@ -34,7 +34,7 @@ def register_runtimes(register) -> None:
 
 @hookimpl
 def register_catalog_entries(register) -> None:
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.catalog import builtin_catalog_entries
+    from .deploy.catalog import builtin_catalog_entries
 
     for entry in builtin_catalog_entries():
         register(entry)

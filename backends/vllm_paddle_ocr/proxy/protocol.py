@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .prompts import PROMPT_LABELS
+from .recognition.prompts import PROMPT_LABELS
 
 INFER_ENDPOINT = "/layout-parsing"
 RESTRUCTURE_PAGES_ENDPOINT = "/restructure-pages"

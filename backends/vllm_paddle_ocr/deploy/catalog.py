@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .launch_plan import RECOMMENDED_FLAGS
-from .sizes import GiB
-from .vram import VramOptions, budget, gpustack_parameter
+from ..planning.launch_plan import RECOMMENDED_FLAGS
+from ..sizes import GiB
+from ..planning.vram import VramOptions, budget, gpustack_parameter
 
 # The card the catalog's budget is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest
 # common data-centre card; on a larger one the fraction is lower (plan it with `vllm_paddle_ocr plan`).

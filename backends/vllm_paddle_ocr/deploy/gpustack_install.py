@@ -147,7 +147,7 @@ def model_settings(runtime: Runtime, entries: list[CatalogEntry]) -> str:
 def run_gpustack_command(command: str, data_dir: str | Path = DEFAULT_DATA_DIR, bin_dir: str | Path | None = None) -> int:
     """The CLI's `gpustack install|uninstall`: do it, say what was done, return an exit code."""
     from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, get_runtime
-    from vllm_paddle_ocr.plugin.runtime import RUNTIME
+    from ..runtime import RUNTIME
 
     pm = get_plugin_manager()
     runtime = get_runtime(pm, RUNTIME.name)

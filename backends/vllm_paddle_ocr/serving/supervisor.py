@@ -19,7 +19,7 @@ from typing import Any, Callable
 import httpx
 import psutil
 
-from .launch_plan import LaunchPlan
+from ..planning.launch_plan import LaunchPlan
 
 log = logging.getLogger("vllm_paddle_ocr.supervisor")
 
@@ -222,7 +222,7 @@ def _load_detector(plan: LaunchPlan) -> Any:
     """The layout detector for /layout-parsing, or None when the repo has no layout model."""
     if plan.proxy.layout_dir is None:
         return None
-    from .proxy.layout_detector import PaddlexLayoutDetector
+    from ..proxy.layout.paddle import PaddlexLayoutDetector
 
     return PaddlexLayoutDetector.from_dir(
         plan.proxy.layout_dir, device=plan.proxy.layout_device, model_name=plan.proxy.layout_model_name
@@ -231,7 +231,7 @@ def _load_detector(plan: LaunchPlan) -> Any:
 
 async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -> int:
     """Bind, start vLLM and the proxy, wait for readiness, then live until a signal or a death."""
-    from .proxy.state import UpstreamState
+    from ..proxy.state import UpstreamState
 
     _libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
     try:
@@ -277,7 +277,7 @@ def build_server(plan: LaunchPlan, state: Any) -> Any:
     """A uvicorn server for the proxy app that leaves signal handling to the supervisor."""
     import uvicorn
 
-    from .proxy.app import create_app
+    from ..proxy.app import create_app
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager

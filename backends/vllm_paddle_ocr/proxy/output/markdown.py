@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .blocks import ParsedBlock, block_orders, picture_path
-from .prompts import Recognition
+from ..blocks import ParsedBlock, block_orders, picture_path
+from ..recognition.prompts import Recognition
 
 DEFAULT_MARKDOWN_IGNORE_LABELS: tuple[str, ...] = (
     "number", "footnote", "header", "header_image", "footer", "footer_image", "aside_text",

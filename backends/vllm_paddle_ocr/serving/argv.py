@@ -9,8 +9,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .sizes import parse_size
-from .vram import DEFAULT_MARGIN
+from ..sizes import parse_size
+from ..planning.vram import DEFAULT_MARGIN
 
 _NEGATIVE_NUMBER = re.compile(r"^-\d+(\.\d+)?$")
 

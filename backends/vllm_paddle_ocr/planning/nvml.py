@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, Field
 
-from .sizes import format_bytes
+from ..sizes import format_bytes
 
 
 class GpuProcess(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .sizes import MiB
+from ..sizes import MiB
 
 # --- estimates, with where they come from ------------------------------------------------------------
 

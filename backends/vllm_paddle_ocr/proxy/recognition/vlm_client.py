@@ -13,8 +13,8 @@ from typing import Any, Hashable
 import aiohttp
 from PIL import Image
 
-from .metrics import ProxyMetrics
-from .options import VlmOptions
+from ..metrics import ProxyMetrics
+from ..options import VlmOptions
 from .prompts import Kind
 
 DEFAULT_TIMEOUT_S = 600.0
