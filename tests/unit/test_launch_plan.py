@@ -122,11 +122,11 @@ def test_no_layout_model_is_said_in_the_notes(repo):
     assert any("no layout model found" in note for note in plan_for([], repo).notes)
 
 
-def test_served_context_fits_the_largest_crop_and_default_output(tmp_path):
-    write_fake_vlm_config(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_pixels": 2822400}))
+def test_served_context_fits_the_largest_crop_and_default_output():
+    config = {"max_position_embeddings": 131072}
     # 2822400 / 784 = 3600 image tokens + 4096 output + prompt, rounded up to 1024.
-    assert served_context_length(tmp_path) == 8192
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_pixels": 28 * 28 * 64}))
+    assert served_context_length(config, {"max_pixels": 2822400}) == 8192
     # PaddleX clients may still ask for 1605632 pixels (spotting): 2048 tokens.
-    assert served_context_length(tmp_path) == 7168
+    assert served_context_length(config, {"max_pixels": 28 * 28 * 64}) == 7168
+    # Never beyond what the model was trained for.
+    assert served_context_length({"text_config": {"max_position_embeddings": 4096}}, {}) == 4096

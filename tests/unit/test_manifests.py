@@ -12,9 +12,10 @@ import yaml
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import manifests
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import cli
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import CatalogEntry, ModelSources, builtin_catalog_entries
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import builtin_catalog_entries
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.runtime import PaddleOcrRuntime
 from vllm_paddle_ocr.plugin.manager import get_plugin_manager, runtimes
-from vllm_paddle_ocr.plugin.models import Runtime
+from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 
 REPO = Path(__file__).resolve().parents[2]
 # The keys GPUStack 2.x's POST /v2/inference-backends/from-yaml keeps (routes/inference_backend.py).
@@ -224,7 +225,10 @@ def test_dockerfile_builds_on_vllm_and_copies_what_pip_install_needs(files):
 def test_a_second_runtime_gets_its_own_backend_and_its_entries_in_the_catalogs():
     pm = get_plugin_manager()
     known = dict(runtimes(pm))
-    extra = Runtime(name="fancy_ocr", description="Fancy", backend="vllm", backend_version="fancy", executable="fancy_ocr")
+    class FancyRuntime(PaddleOcrRuntime):
+        name, description, backend_version, executable = "fancy_ocr", "Fancy", "fancy", "fancy_ocr"
+
+    extra = FancyRuntime()
     known[extra.name] = extra
     entry = CatalogEntry(
         name="Fancy-OCR", description="d", size=2.0, model_version="1.5", runtime=extra.name,

@@ -1,4 +1,4 @@
-"""The model's memory needs, read from config files and safetensors headers without loading weights."""
+"""The model's memory needs, from the repo's config files and safetensors headers, without loading weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import memory_needs as mn
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import PUBLISHED_TEXT_CONFIG, PUBLISHED_VISION_CONFIG
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import MemoryNeedsError, read_memory_needs
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import MemoryNeedsError
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 
 SIZES = {"BF16": 2, "F32": 4, "I64": 8, "U8": 1}
 
@@ -57,9 +58,11 @@ def write_model(
 
 
 def needs(root: Path, **kwargs):
+    """The needs as the runtime reads them: the repo's config files once, the checkpoint's headers."""
     args = {"max_pixels": None, "max_num_batched_tokens": 16384, "max_new_tokens": 4096, "dtype": None}
     args.update(kwargs)
-    return read_memory_needs(root, **args)
+    repo = resolve_model_repo(root)
+    return mn.memory_needs(repo.config, repo.preprocessor, mn.read_checkpoint(repo.vlm_dir), **args)
 
 
 def test_kv_bytes_per_token_come_from_the_text_config(tmp_path):
@@ -74,7 +77,8 @@ def test_nested_text_config_reads_the_same(tmp_path):
     nested = needs(write_model(tmp_path / "nested", nested=True))
     assert nested.kv_bytes_per_token == flat.kv_bytes_per_token
     assert nested.vocab_size == flat.vocab_size == 103424
-    assert nested.max_model_len == flat.max_model_len == 131072
+    # The context the launch plan serves: the largest crop (3600 tokens) + 4096 new tokens, in whole 1024s.
+    assert nested.max_model_len == flat.max_model_len == 8192
 
 
 def test_head_dim_and_kv_heads_default_like_transformers(tmp_path):
@@ -181,7 +185,7 @@ def test_no_weights_or_no_config_is_a_clear_error(tmp_path):
     with pytest.raises(MemoryNeedsError, match=r"no \*\.safetensors weights"):
         needs(root)
     with pytest.raises(MemoryNeedsError, match="no config.json"):
-        needs(tmp_path / "empty")
+        mn.memory_needs({}, {}, mn.Checkpoint(1, 2, 1, 0))
 
 
 def test_image_tokens_at_max_pixels(tmp_path):

@@ -44,7 +44,7 @@ def test_lock_held_until_ready_and_plan_read_again_under_it(lock_dir, monkeypatc
         seen["after_ready"] = lock_is_held(lock_dir, "GPU-aaaa")
         return 0
 
-    monkeypatch.setattr("vllm_paddle_ocr.plugin.manager.plan_launch", fake_plan_launch)
+    monkeypatch.setattr(supervisor, "plan_launch", fake_plan_launch)
     monkeypatch.setattr(supervisor, "run", fake_run)
     request = type("R", (), {"gpu_lock_timeout_s": 5.0})()
     assert supervisor.serve(None, request) == 0
@@ -53,7 +53,7 @@ def test_lock_held_until_ready_and_plan_read_again_under_it(lock_dir, monkeypatc
 
 
 def test_a_second_instance_times_out_with_a_message(lock_dir, monkeypatch):
-    monkeypatch.setattr("vllm_paddle_ocr.plugin.manager.plan_launch", lambda pm, request: Plan(["GPU-bbbb"]))
+    monkeypatch.setattr(supervisor, "plan_launch", lambda pm, request: Plan(["GPU-bbbb"]))
     monkeypatch.setattr(supervisor, "run", lambda plan, on_ready=None: asyncio.sleep(0, result=0))
     request = type("R", (), {"gpu_lock_timeout_s": 0.3})()
     with gpu_lock.gpu_start_lock(["GPU-bbbb"], timeout_s=1.0):
@@ -62,7 +62,7 @@ def test_a_second_instance_times_out_with_a_message(lock_dir, monkeypatch):
 
 
 def test_no_gpu_means_no_lock(lock_dir, monkeypatch):
-    monkeypatch.setattr("vllm_paddle_ocr.plugin.manager.plan_launch", lambda pm, request: Plan([]))
+    monkeypatch.setattr(supervisor, "plan_launch", lambda pm, request: Plan([]))
     monkeypatch.setattr(supervisor, "run", lambda plan, on_ready=None: asyncio.sleep(0, result=0))
     assert supervisor.serve(None, type("R", (), {"gpu_lock_timeout_s": 0.1})()) == 0
     assert list(lock_dir.iterdir()) == []

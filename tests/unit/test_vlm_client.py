@@ -74,6 +74,11 @@ def crop() -> Image.Image:
     return Image.new("RGB", (64, 32), "white")
 
 
+def block_body(client: VlmClient, prompt: str) -> dict:
+    """One block's chat body as the pipeline builds it: the crop as a JPEG data URL, then the prompt."""
+    return VlmOptions().chat_body(model=client.model, image_url=jpeg_data_url(crop()), prompt=prompt, kind="ocr")
+
+
 def test_requests_carry_paddlex_chat_body_and_stay_under_the_bound():
     fake = FakeVllm(delay_s=0.02)
     metrics = ProxyMetrics()
@@ -84,7 +89,7 @@ def test_requests_carry_paddlex_chat_body_and_stay_under_the_bound():
             try:
                 return await asyncio.gather(
                     *(
-                        client.recognize("req", crop(), prompt=f"OCR: {i}", kind="ocr", options=VlmOptions())
+                        client.complete("req", block_body(client, f"OCR: {i}"))
                         for i in range(12)
                     )
                 )
@@ -115,7 +120,7 @@ def test_a_small_request_is_not_starved_by_a_large_one():
             finished: list[str] = []
 
             async def one(owner: str, i: int):
-                await client.recognize(owner, crop(), prompt=f"{owner} {i}", kind="ocr", options=VlmOptions())
+                await client.complete(owner, block_body(client, f"{owner} {i}"))
                 finished.append(owner)
 
             big = [asyncio.create_task(one("big", i)) for i in range(40)]
@@ -143,7 +148,7 @@ def test_upstream_error_status_is_clear(upstream, status, phrase):
         async with serve_on_loopback(FakeVllm(answer=refuse)) as base:
             client = VlmClient(base, "m", 1)
             try:
-                await client.recognize("r", crop(), prompt="OCR:", kind="ocr", options=VlmOptions())
+                await client.complete("r", block_body(client, "OCR:"))
             finally:
                 await client.aclose()
 

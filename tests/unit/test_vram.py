@@ -17,17 +17,21 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import memory_flags
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import (
-    BLOCK_MAX_PIXELS,
     CUDA_CONTEXT_BYTES,
     NCCL_BYTES,
-    PLANNING_NEW_TOKENS,
-    read_memory_needs,
+    MemoryNeedsError,
+    needs_for_request,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import GpuInfo, GpuProcess, GpuSnapshot, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import GpuInfo, GpuSnapshot, RecordedNvml, read_snapshot
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.vram import VramError, VramOptions, plan_vram
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import DEFAULT_MAX_PIXELS, PLANNING_NEW_TOKENS
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import format_bytes, parse_size
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.vram import VramError, VramOptions, plan_vram
+from vllm_paddle_ocr.plugin.errors import ServeRequestError
+from vllm_paddle_ocr.plugin.records import GpuProcess, VramPlan
 
 CARDS = Path(__file__).parent / "data" / "gpus"
 GiB = 1024**3
@@ -59,10 +63,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def needs(model_dir):
-    return read_memory_needs(
-        model_dir, max_pixels=BLOCK_MAX_PIXELS, max_num_batched_tokens=16384,
-        max_new_tokens=PLANNING_NEW_TOKENS, dtype=None, max_model_len=8192,
-    )
+    """What the runtime plans with for a plain `serve <model_dir>`."""
+    return needs_for_request(parse_serve_argv([str(model_dir)]), resolve_model_repo(model_dir))
 
 
 def card(name: str, env: dict | None = None) -> GpuSnapshot:
@@ -88,7 +90,8 @@ def test_h100_at_concurrency_64_claims_at_most_8_gib(needs):
     assert plan.claim_bytes <= 8 * GiB
     assert plan.gpu_memory_utilization == pytest.approx(0.10)
     assert plan.gpustack_parameter == "--gpu-memory-utilization=0.10"
-    assert plan.kv_cache_memory_bytes == 64 * plan.tokens_per_request * needs.kv_bytes_per_token
+    # The fixed KV cache holds the 64 in-flight blocks at their planned length, and vLLM runs that many.
+    assert plan.kv_cache_memory_bytes // needs.kv_bytes_per_token >= 64 * needs.tokens_per_request
     assert plan.max_num_seqs == 64
     assert plan.claim_bytes >= plan.needed_bytes  # the fraction covers everything the process holds
     assert vllm_starts(plan)
@@ -162,7 +165,7 @@ def test_users_fraction_is_kept_and_checked(needs):
     assert plan.claim_bytes == math.ceil(0.2 * plan.gpu.cuda_total_bytes) + CUDA_CONTEXT_BYTES
     assert plan.concurrency == 64
     # The user's flags go to vLLM as typed; only the sequence cap the estimate assumed is added.
-    assert plan.vllm_args() == ["--max-num-seqs", "64"]
+    assert memory_flags(plan) == [("--max-num-seqs", ("64",))]
     assert any("kept the user's --gpu-memory-utilization 0.2" in note for note in plan.notes)
 
 
@@ -234,7 +237,7 @@ def test_no_gpu_gives_an_unavailable_plan_with_the_reason_never_an_exception(nee
     assert plan.reason == "no GPU visible: NVIDIA driver not found (libnvidia-ml could not be loaded)"
     assert plan.gpu_memory_utilization is None and plan.gpustack_parameter is None
     assert plan.claim_bytes == plan.needed_bytes > 0  # still says what the instance needs
-    assert plan.vllm_args() == []
+    assert memory_flags(plan) == []  # nothing to size vLLM with
     json.dumps(plan.model_dump(mode="json"))
 
 
@@ -278,7 +281,7 @@ def test_a_mig_device_is_planned_on_its_own_memory(needs):
     snap = card("a100_80gb_mig", {"CUDA_VISIBLE_DEVICES": "MIG-4d1c7e2a-5b6f-5a8e-9c0d-1e2f3a4b5c6d"})
     plan = plan_vram(needs, snap, VramOptions(concurrency=16))
     assert plan.gpu.cuda_total_bytes == 40192 * MiB and vllm_starts(plan)
-    assert "of MIG device 0 (" in plan.summary()  # named as what CUDA sees, not as the whole card
+    assert "of MIG device 0 (" in vram.summary(plan)  # named as what CUDA sees, not as the whole card
 
 
 def test_tensor_parallel_plans_each_gpu_and_refuses_on_the_tightest(needs):
@@ -315,40 +318,41 @@ def test_tensor_parallel_larger_than_the_visible_gpus_is_refused(needs):
         plan_vram(needs, card("l4_24gb_empty"), VramOptions(tensor_parallel_size=2))
 
 
-def test_plan_is_json_friendly_with_the_gpustack_form(needs):
+def test_plan_survives_json_and_names_its_card(needs):
     plan = plan_vram(needs, card("l4_24gb_empty"), VramOptions(concurrency=16))
-    data = json.loads(json.dumps(plan.model_dump(mode="json")))
-    assert data["gpustack_parameter"] == f"--gpu-memory-utilization={plan.gpu_memory_utilization:.2f}"
-    assert data["gpu"]["uuid"] == "GPU-a7e4f0d3-61c2-4e89-b5a0-9d3f7c2e1b46"
-    assert set(data["breakdown"]) >= {"weights", "activation_peak", "cuda_graphs", "cuda_context", "kv_cache"}
-    assert vram.VramPlan.model_validate(data).claim_bytes == plan.claim_bytes
-    assert plan.vllm_args() == [
-        "--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}",
-        "--kv-cache-memory-bytes", str(plan.kv_cache_memory_bytes),
-        "--max-num-seqs", "16",
-    ]
-    assert "of GPU 0 (NVIDIA L4" in plan.summary() and "16 in-flight blocks" in plan.summary()
+    assert VramPlan.model_validate_json(plan.model_dump_json()) == plan
+    assert plan.gpu.uuid == "GPU-a7e4f0d3-61c2-4e89-b5a0-9d3f7c2e1b46"
+    # What vLLM is given is what the plan decided: its fraction, its KV cache, its sequence cap.
+    flags = dict(memory_flags(plan))
+    assert float(flags["--gpu-memory-utilization"][0]) == plan.gpu_memory_utilization
+    assert int(flags["--kv-cache-memory-bytes"][0]) == plan.breakdown.kv_cache
+    assert int(flags["--max-num-seqs"][0]) == plan.concurrency == 16
+    line = vram.summary(plan)
+    assert "of GPU 0 (NVIDIA L4" in line and "16 in-flight blocks" in line
 
 
 # --- the edge functions --------------------------------------------------------------------------------
 
 
-def test_budget_reads_the_model_and_the_given_snapshot(model_dir):
-    plan = vram.budget(model_dir, VramOptions(concurrency=64), snapshot=card("h100_80gb_empty"))
+def test_budget_plans_the_model_on_the_given_snapshot(needs):
+    plan = vram.budget(needs, VramOptions(concurrency=64), snapshot=card("h100_80gb_empty"))
     assert plan.claim_bytes <= 8 * GiB
     assert plan.breakdown.weights == PARAMETERS * 2
     # --max-model-len defaults to what the launch plan passes (the largest crop plus a 4096-token answer).
     assert plan.kv_cache_tokens >= 8192
 
 
-def test_budget_reads_nvml_when_no_snapshot_is_given(model_dir):
-    plan = vram.budget(model_dir, VramOptions(), env={"CUDA_VISIBLE_DEVICES": ""})
+def test_budget_reads_nvml_when_no_snapshot_is_given(needs):
+    plan = vram.budget(needs, VramOptions(), env={"CUDA_VISIBLE_DEVICES": ""})
     assert not plan.available and "hides every GPU" in plan.reason
 
 
-def test_budget_turns_an_unreadable_model_into_a_vram_error(tmp_path):
-    with pytest.raises(VramError, match="no config.json"):
-        vram.budget(tmp_path, VramOptions(gpu_total_bytes=80 * GiB))
+def test_a_repo_without_weights_cannot_be_budgeted(model_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((model_dir / "config.json").read_text())
+    with pytest.raises(MemoryNeedsError, match=r"no \*\.safetensors weights"):
+        needs_for_request(parse_serve_argv([str(bare)]), resolve_model_repo(bare))
 
 
 class _Engine:
@@ -371,24 +375,25 @@ def test_options_and_needs_come_from_the_serve_request(model_dir):
     assert (options.max_num_seqs, options.tensor_parallel_size, options.concurrency) == (32, 1, 24)
     assert options.gpu_total_bytes == 80 * GiB and options.gpu_free_bytes == 40 * 10**9
     assert options.margin == 0.1 and options.enforce_eager and options.kv_cache_flag_supported
-    kwargs = vram.needs_from_request(request)
-    assert kwargs["max_num_batched_tokens"] == 8000  # vLLM's lowercase "k" is decimal
-    assert kwargs["max_model_len"] == 16384
-    assert kwargs["max_pixels"] == BLOCK_MAX_PIXELS and kwargs["max_new_tokens"] == PLANNING_NEW_TOKENS
+    needs = needs_for_request(request, resolve_model_repo(model_dir))
+    assert needs.max_num_batched_tokens == 8000  # vLLM's lowercase "k" is decimal
+    assert needs.max_model_len == 16384
+    assert needs.max_pixels == DEFAULT_MAX_PIXELS and needs.max_new_tokens == PLANNING_NEW_TOKENS
 
 
 def test_defaults_from_a_bare_serve_request(model_dir):
     request = parse_serve_argv([str(model_dir)])
     options = vram.options_from_request(request, _Engine(flags={"gpu_memory_utilization"}))
     assert options.gpu_memory_utilization is None and options.kv_cache_memory_bytes is None
-    assert not options.kv_cache_flag_supported
-    kwargs = vram.needs_from_request(request)
-    assert kwargs["max_num_batched_tokens"] == 16384 and kwargs["max_model_len"] is None
+    assert not options.kv_cache_flag_supported and options.margin == vram.DEFAULT_MARGIN
+    needs = needs_for_request(request, resolve_model_repo(model_dir))
+    # The recipe's batch, and the context the launch plan serves: the largest crop and 4096 new tokens.
+    assert needs.max_num_batched_tokens == 16384 and needs.max_model_len == 8192
 
 
-def test_an_unreadable_user_value_is_a_vram_error(model_dir):
+def test_an_unreadable_user_value_names_the_flag(model_dir):
     request = parse_serve_argv([str(model_dir), "--gpu-memory-utilization", "most"])
-    with pytest.raises(VramError, match="--gpu-memory-utilization 'most' is not a valid value"):
+    with pytest.raises(ServeRequestError, match="--gpu-memory-utilization 'most' is not a valid value"):
         vram.options_from_request(request, _Engine())
 
 

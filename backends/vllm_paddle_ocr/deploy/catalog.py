@@ -9,17 +9,14 @@ The `--gpu-memory-utilization=X` in the parameters is the same budget `vllm_padd
 from __future__ import annotations
 
 import functools
-import json
-import struct
-import tempfile
 from datetime import date
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 
-from ..planning.launch_plan import RECOMMENDED_FLAGS
+from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, memory_needs
+from ..planning.vram import VramOptions, gpustack_parameter, plan_vram
+from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
 from ..sizes import GiB
-from ..planning.vram import VramOptions, budget, gpustack_parameter
 
 # The card the catalog's budget is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest
 # common data-centre card; on a larger one the fraction is lower (plan it with `vllm_paddle_ocr plan`).
@@ -27,48 +24,11 @@ PLANNED_CARD_BYTES = 24 * GiB
 RUNTIME_NAME = "vllm_paddle_ocr"
 
 
-class ModelSources(BaseModel):
-    """Where a control plane downloads the model from."""
-
-    model_config = ConfigDict(frozen=True)
-
-    huggingface_repo_id: str | None = None
-    model_scope_model_id: str | None = None
-
-    @model_validator(mode="after")
-    def _at_least_one(self) -> "ModelSources":
-        if not (self.huggingface_repo_id or self.model_scope_model_id):
-            raise ValueError("a catalog entry needs a huggingface_repo_id or a model_scope_model_id")
-        return self
-
-
-class CatalogEntry(BaseModel):
-    """One model in a control plane's catalog, served by one runtime."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    description: str
-    home: str | None = None
-    icon: str | None = None
-    categories: list[str] = Field(default_factory=lambda: ["llm"])
-    capabilities: list[str] = Field(default_factory=list)
-    size: float  # billions of parameters
-    licenses: list[str] = Field(default_factory=list)
-    release_date: date | None = None
-    model_version: str  # the PaddleOCR-VL release: "0.9B", "1.5"
-    quantization: str | None = None
-    sources: ModelSources
-    runtime: str = RUNTIME_NAME
-    backend_parameters: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    planned_card_bytes: int | None = None  # the card size the --gpu-memory-utilization budget is for
-
-    def budget_note(self) -> str:
-        """Says which card the budget in backend_parameters is planned for."""
-        if self.planned_card_bytes is None:
-            return "no budget planned"
-        return f"budget planned for a {card_size(self.planned_card_bytes)} card"
+def budget_note(entry: CatalogEntry) -> str:
+    """Says which card the budget in an entry's backend_parameters is planned for."""
+    if entry.planned_card_bytes is None:
+        return "no budget planned"
+    return f"budget planned for a {card_size(entry.planned_card_bytes)} card"
 
 
 def card_size(card_bytes: int) -> str:
@@ -121,32 +81,28 @@ PUBLISHED_WEIGHT_BYTES = 1_900_000_000
 DEFAULT_ENV = {"PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
 
 
-def _write_published_model(target: Path) -> None:
-    """The published model's config files and a safetensors header declaring its weights (no tensor data)."""
-    config = {
-        "architectures": ["PaddleOCRVLForConditionalGeneration"],
-        "model_type": "paddleocr_vl",
-        "torch_dtype": "bfloat16",
-        **PUBLISHED_TEXT_CONFIG,
-        "vision_config": PUBLISHED_VISION_CONFIG,
-    }
-    (target / "config.json").write_text(json.dumps(config))
-    (target / "preprocessor_config.json").write_text(json.dumps(PUBLISHED_PREPROCESSOR_CONFIG))
-    elements = PUBLISHED_WEIGHT_BYTES // 2
-    header = json.dumps({"weights": {"dtype": "BF16", "shape": [elements], "data_offsets": [0, 2 * elements]}}).encode()
-    header += b" " * (-len(header) % 8)
-    (target / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+PUBLISHED_CONFIG = {
+    "architectures": [ARCHITECTURE],
+    "model_type": "paddleocr_vl",
+    "torch_dtype": "bfloat16",
+    **PUBLISHED_TEXT_CONFIG,
+    "vision_config": PUBLISHED_VISION_CONFIG,
+}
+
+
+def published_needs() -> ModelMemoryNeeds:
+    """What the published model needs as the launch plan serves it, from its config and weight size."""
+    parameters = PUBLISHED_WEIGHT_BYTES // 2  # bf16
+    checkpoint = Checkpoint(parameters, PUBLISHED_WEIGHT_BYTES, parameters, 0)
+    return memory_needs(PUBLISHED_CONFIG, PUBLISHED_PREPROCESSOR_CONFIG, checkpoint)
 
 
 @functools.lru_cache(maxsize=None)
 def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
     """The --gpu-memory-utilization the runtime plans for the published model on a card of this size."""
-    with tempfile.TemporaryDirectory(prefix="vllm-paddle-ocr-catalog-") as tmp:
-        model_dir = Path(tmp)
-        _write_published_model(model_dir)
-        plan = budget(model_dir, VramOptions(gpu_total_bytes=card_bytes))
+    plan = plan_vram(published_needs(), None, VramOptions(gpu_total_bytes=card_bytes))
     if plan.gpu_memory_utilization is None:
-        raise RuntimeError(f"the VRAM budget planned no fraction for a {card_size(card_bytes)} card: {plan.reason}")
+        raise ValueError(f"the VRAM budget planned no fraction for a {card_size(card_bytes)} card: {plan.reason}")
     return plan.gpu_memory_utilization
 
 
@@ -186,6 +142,7 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
         backend_parameters=parameters,
         env=dict(DEFAULT_ENV),
         planned_card_bytes=PLANNED_CARD_BYTES,
+        runtime=RUNTIME_NAME,
     )
     return [
         CatalogEntry(

@@ -14,17 +14,16 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, get_runtime
+from vllm_paddle_ocr.plugin.records import CatalogEntry, Runtime
 
-from vllm_paddle_ocr.plugin.models import Runtime
-
-if TYPE_CHECKING:
-    from .catalog import CatalogEntry
+from .catalog import RUNTIME_NAME, budget_note
 
 DEFAULT_DATA_DIR = "/var/lib/gpustack"
 
 
-class InstallError(RuntimeError):
+class InstallError(VllmPaddleOcrError):
     """The runtime cannot be linked into GPUStack's bin dir; the message says what to do."""
 
 
@@ -135,7 +134,7 @@ def model_settings(runtime: Runtime, entries: list[CatalogEntry]) -> str:
     for entry in entries:
         if entry.runtime != runtime.name:
             continue
-        lines.append(f"  backend_parameters for {entry.name} ({entry.budget_note()}):")
+        lines.append(f"  backend_parameters for {entry.name} ({budget_note(entry)}):")
         lines += [f"    {parameter}" for parameter in entry.backend_parameters]
     lines += [
         "The --gpu-memory-utilization=X value is the budget GPUStack's scheduler books on the GPU; plan",
@@ -146,27 +145,20 @@ def model_settings(runtime: Runtime, entries: list[CatalogEntry]) -> str:
 
 def run_gpustack_command(command: str, data_dir: str | Path = DEFAULT_DATA_DIR, bin_dir: str | Path | None = None) -> int:
     """The CLI's `gpustack install|uninstall`: do it, say what was done, return an exit code."""
-    from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, get_runtime
-    from ..runtime import RUNTIME
-
     pm = get_plugin_manager()
-    runtime = get_runtime(pm, RUNTIME.name)
+    runtime = get_runtime(pm, RUNTIME_NAME)
     directory = gpustack_bin_dir(data_dir, bin_dir)
     name = link_name(runtime)
-    try:
-        if command == "install":
-            result = install(directory, name, find_executable(runtime.executable))
-            check_runs(result.link)
-            verb = "installed" if result.changed else "already installed"
-            sys.stdout.write(f"{verb}: {result.link} -> {result.target}\n\n")
-            sys.stdout.write(model_settings(runtime, catalog_entries(pm)))
-            return 0
-        if command == "uninstall":
-            result = uninstall(directory, name)
-            sys.stdout.write(f"removed {result.link}\n" if result.changed else f"nothing to remove at {result.link}\n")
-            return 0
-    except InstallError as exc:
-        sys.stderr.write(f"vllm_paddle_ocr gpustack {command}: error: {exc}\n")
-        return 1
+    if command == "install":
+        result = install(directory, name, find_executable(runtime.executable))
+        check_runs(result.link)
+        verb = "installed" if result.changed else "already installed"
+        sys.stdout.write(f"{verb}: {result.link} -> {result.target}\n\n")
+        sys.stdout.write(model_settings(runtime, catalog_entries(pm)))
+        return 0
+    if command == "uninstall":
+        result = uninstall(directory, name)
+        sys.stdout.write(f"removed {result.link}\n" if result.changed else f"nothing to remove at {result.link}\n")
+        return 0
     sys.stderr.write(f"vllm_paddle_ocr gpustack: unknown command {command!r}; use install or uninstall\n")
     return 2

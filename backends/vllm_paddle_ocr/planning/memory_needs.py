@@ -1,7 +1,9 @@
-"""What PaddleOCR-VL needs in GPU memory, read from the model directory without loading any weights.
+"""What PaddleOCR-VL needs in GPU memory, from its config and checkpoint headers, without loading any weights.
 
-Exact figures come from the files: weight bytes from the safetensors headers, KV bytes per token from
-the text config, image tokens from the vision config and max_pixels. The rest (vLLM's start-up
+Exact figures come from the model: weight bytes from the safetensors headers, KV bytes per token from
+the text config, image tokens from the vision config and max_pixels. `memory_needs` is pure (the
+config dicts `ModelRepo` read and a `Checkpoint` in); `read_checkpoint` and `needs_for_request` are the
+edge that reads files and the user's engine flags. The rest (vLLM's start-up
 profiling peak, CUDA graphs, the CUDA context) cannot be read from files; they are estimates whose
 constants and sources are written next to them below. vLLM 0.32 is the reference for every
 behaviour cited (module paths are inside the `vllm` package).
@@ -12,12 +14,26 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from ..sizes import MiB
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.records import ModelRepo, ServeRequest
+
+from ..recipe import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_PIXELS,
+    KV_BLOCK_TOKENS,
+    LARGEST_CLIENT_PIXELS,
+    MAX_NUM_BATCHED_TOKENS,
+    PIXELS_PER_IMAGE_TOKEN,
+    PLANNING_NEW_TOKENS,
+    PROMPT_TEXT_TOKENS,
+)
+from ..sizes import MiB, parse_size
 
 # --- estimates, with where they come from ------------------------------------------------------------
 
@@ -76,20 +92,6 @@ ALLOCATOR_SLACK = 1.25
 # sorted values, int64 indices, softmax and scatter buffers, about 32 bytes per vocabulary entry.
 SAMPLER_BYTES_PER_LOGIT = 32
 
-# The prompt around one image: "<|begin_of_sentence|>User: <|IMAGE_START|>", "<|IMAGE_END|>", the task
-# prompt ("Table Recognition:" is the longest) and "\nAssistant: " stay under 32 tokens.
-PROMPT_TEXT_TOKENS = 32
-# vLLM's KV cache is paged in blocks of 16 tokens (CacheConfig.block_size default).
-KV_BLOCK_TOKENS = 16
-
-# Planning defaults for one block request (what a request needs in KV cache).
-# PaddleX's pipeline sends every block crop with mm_processor_kwargs max_pixels 1003520 (1280 image tokens).
-BLOCK_MAX_PIXELS = 1_003_520
-# A block's answer rarely exceeds 1024 tokens (PaddleX's cap is 4096). KV blocks are allocated as tokens are
-# generated and vLLM preempts and later resumes requests when the pool runs dry, so a longer answer slows
-# a burst down but never fails; the max_model_len floor below keeps one full-length request always servable.
-PLANNING_NEW_TOKENS = 1024
-
 # vLLM's dtype names (config torch_dtype/dtype, --dtype) and safetensors' dtype codes, in bytes.
 TORCH_DTYPE_BYTES = {
     "float32": 4, "float": 4, "fp32": 4,
@@ -106,14 +108,13 @@ _FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 KV_CACHE_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1, "bfloat16": 2, "float16": 2}
 
 
-class MemoryNeedsError(ValueError):
-    """The model directory does not say what the model needs (missing or unreadable files)."""
+class MemoryNeedsError(VllmPaddleOcrError):
+    """The model does not say what it needs (missing or unreadable files, an unknown dtype or flag value)."""
 
 
 class ModelMemoryNeeds(BaseModel):
     """The model's memory needs per GPU, as plain numbers the budget is computed from."""
 
-    model_dir: str
     dtype: str
     parameter_count: int
     checkpoint_bytes: int
@@ -210,17 +211,21 @@ def cuda_graph_bytes(max_num_seqs: int) -> int:
     return CUDA_GRAPH_BASE_BYTES + CUDA_GRAPH_BYTES_PER_SIZE * len(cuda_graph_sizes(max_num_seqs))
 
 
-# --- reading the files ---------------------------------------------------------------------------------
+# --- the checkpoint (the edge that reads files) ------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MemoryNeedsError(f"cannot read {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+@dataclass(frozen=True)
+class Checkpoint:
+    """Tensor sizes of a checkpoint, from its safetensors headers: enough to size it in any dtype."""
+
+    parameters: int
+    disk_bytes: int
+    float_parameters: int  # cast to the serving dtype when loaded
+    other_bytes: int  # integer and boolean tensors, loaded as they are
+
+    def serving_bytes(self, dtype_bytes: int) -> int:
+        """Bytes once floating tensors are cast to a dtype of this many bytes."""
+        return self.float_parameters * dtype_bytes + self.other_bytes
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -247,8 +252,12 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     """The checkpoint files vLLM loads: those a *.safetensors.index.json names, else every *.safetensors."""
     indexes = sorted(model_dir.glob("*.safetensors.index.json"))
     if indexes:
-        index = _read_json(indexes[0])
-        names = sorted(set((index.get("weight_map") or {}).values()))
+        try:
+            index = json.loads(indexes[0].read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MemoryNeedsError(f"cannot read {indexes[0]}: {exc}") from exc
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        names = sorted(set((weight_map or {}).values()))
         if not names:
             raise MemoryNeedsError(f"{indexes[0]} lists no weight files")
         files = [model_dir / name for name in names]
@@ -269,10 +278,10 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
-def checkpoint_weights(model_dir: Path, serving_dtype_bytes: int) -> tuple[int, int, int]:
-    """(parameter count, bytes on disk, bytes once floating tensors are cast to the serving dtype)."""
-    params = disk = serving = 0
-    for path in safetensors_files(model_dir):
+def read_checkpoint(model_dir: Path) -> Checkpoint:
+    """Parameter counts and bytes of the checkpoint in a model directory, from the headers only."""
+    params = disk = floats = other = 0
+    for path in safetensors_files(Path(model_dir)):
         for name, entry in read_safetensors_header(path).items():
             if name == "__metadata__" or not isinstance(entry, dict):
                 continue
@@ -284,8 +293,14 @@ def checkpoint_weights(model_dir: Path, serving_dtype_bytes: int) -> tuple[int, 
             params += count
             start, end = entry.get("data_offsets", (0, count * size))
             disk += int(end) - int(start)
-            serving += count * (serving_dtype_bytes if code in _FLOAT_CODES else size)
-    return params, disk, serving
+            if code in _FLOAT_CODES:
+                floats += count
+            else:
+                other += count * size
+    return Checkpoint(params, disk, floats, other)
+
+
+# --- the pure core ---------------------------------------------------------------------------------
 
 
 def _serving_dtype(dtype: str | None, config: dict[str, Any], text: dict[str, Any]) -> str:
@@ -314,6 +329,16 @@ def processor_max_pixels(preprocessor: dict[str, Any]) -> int:
     )
 
 
+def served_context_length(config: dict[str, Any], preprocessor: dict[str, Any]) -> int:
+    """The --max-model-len to serve: the largest crop plus PaddleX's default output, rounded up to 1024."""
+    max_pixels = max(processor_max_pixels(preprocessor), LARGEST_CLIENT_PIXELS)
+    needed = math.ceil(max_pixels / PIXELS_PER_IMAGE_TOKEN) + DEFAULT_MAX_NEW_TOKENS + PROMPT_TEXT_TOKENS
+    length = math.ceil(needed / 1024) * 1024
+    text = config.get("text_config") or config
+    limit = text.get("max_position_embeddings")
+    return min(length, int(limit)) if limit else length
+
+
 def _tokens_at(pixels: int, patch: int, merge: int) -> int:
     return pixels // ((patch * merge) ** 2)
 
@@ -325,29 +350,32 @@ def _dummy_image_tokens(pixels: int, patch: int, merge: int) -> int:
     return max(1, tokens - tokens % side)
 
 
-def read_memory_needs(
-    model_dir: Path,
+def memory_needs(
+    config: dict[str, Any],
+    preprocessor: dict[str, Any],
+    checkpoint: Checkpoint,
     *,
-    max_pixels: int | None,
-    max_num_batched_tokens: int,
-    max_new_tokens: int,
-    dtype: str | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+    max_new_tokens: int = PLANNING_NEW_TOKENS,
+    dtype: str | None = None,
     max_model_len: int | None = None,
     kv_cache_dtype: str | None = None,
 ) -> ModelMemoryNeeds:
-    """Read config.json, preprocessor_config.json and the safetensors headers into ModelMemoryNeeds."""
-    model_dir = Path(model_dir)
-    config = _read_json(model_dir / "config.json")
+    """The model's needs from config.json, preprocessor_config.json and its checkpoint's sizes.
+
+    The defaults are the launch plan's: PaddleX's block crops, the recipe's batched tokens, and the
+    context the launch plan serves.
+    """
     if not config:
-        raise MemoryNeedsError(f"no config.json in {model_dir}; the model's memory needs cannot be read")
+        raise MemoryNeedsError("the model has no config.json; its memory needs cannot be read")
     text = config.get("text_config") or config
     vision = config.get("vision_config") or {}
-    preprocessor = _read_json(model_dir / "preprocessor_config.json")
 
     def need(section: dict[str, Any], key: str, where: str) -> int:
         value = section.get(key)
         if value is None:
-            raise MemoryNeedsError(f"{model_dir / 'config.json'} has no {where}{key}")
+            raise MemoryNeedsError(f"the model's config.json has no {where}{key}")
         return int(value)
 
     layers = need(text, "num_hidden_layers", "text ")
@@ -372,21 +400,18 @@ def read_memory_needs(
     request_pixels = int(max_pixels) if max_pixels else processor_pixels
     image_tokens = max(1, _tokens_at(request_pixels, patch, merge))
 
-    params, disk, weights = checkpoint_weights(model_dir, dtype_bytes)
-
     # Encoder profiling: vLLM sizes its dummy image from the processor's max_pixels; a larger per-request
     # max_pixels (trusted mm_processor_kwargs) can only be served if the budget holds it too.
     per_image = max(_dummy_image_tokens(processor_pixels, patch, merge), image_tokens)
     budget = max(max_num_batched_tokens, per_image)
     images = max(1, budget // per_image)
     tokens_per_request = math.ceil((image_tokens + PROMPT_TEXT_TOKENS + max_new_tokens) / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
-    context = int(max_model_len or text.get("max_position_embeddings") or tokens_per_request)
+    context = int(max_model_len or served_context_length(config, preprocessor))
     return ModelMemoryNeeds(
-        model_dir=str(model_dir),
         dtype=serving,
-        parameter_count=params,
-        checkpoint_bytes=disk,
-        weight_bytes=weights,
+        parameter_count=checkpoint.parameters,
+        checkpoint_bytes=checkpoint.disk_bytes,
+        weight_bytes=checkpoint.serving_bytes(dtype_bytes),
         num_layers=layers,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
@@ -411,3 +436,28 @@ def read_memory_needs(
         encoder_profile_patches=images * per_image * merge * merge,
     )
 
+
+# --- the user's engine flags --------------------------------------------------------------------------
+
+
+def context_length(text: str) -> int | None:
+    """--max-model-len as vLLM reads it: a size such as 8192 or 8k, or -1/auto for the model's own."""
+    if text.strip().lower() in {"-1", "auto"}:
+        return None
+    return parse_size(text)
+
+
+def needs_for_request(request: ServeRequest, model: ModelRepo) -> ModelMemoryNeeds:
+    """What the model needs as this request launches it: the user's engine flags win over the plan's."""
+    given = {
+        "max_num_batched_tokens": request.user_number("max-num-batched-tokens", parse_size),
+        "dtype": request.user_value("dtype"),
+        "max_model_len": request.user_number("max-model-len", context_length),
+        "kv_cache_dtype": request.user_value("kv-cache-dtype"),
+    }
+    return memory_needs(
+        model.config,
+        model.preprocessor,
+        read_checkpoint(model.vlm_dir),
+        **{key: value for key, value in given.items() if value is not None},
+    )

@@ -1,62 +1,27 @@
-"""Where the VLM and the layout model sit inside the path a control plane passes, and which version it is."""
+"""Where the VLM and the layout model sit inside the path a control plane passes, and which version it is.
+
+The repo's config files (config.json, preprocessor_config.json, inference.yml) are read here once, with
+one error policy: an unreadable config.json is a ModelRepoError; the others are optional. The resulting
+`ModelRepo` carries them, so planning never reads them again.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 
-ARCHITECTURE = "PaddleOCRVLForConditionalGeneration"
-EARLY_SUBDIR = "PaddleOCR-VL-0.9B"
-LAYOUT_DIRS = ("PP-DocLayoutV2", "PP-DocLayoutV3")
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.records import ModelRepo
 
-Version = Literal["0.9B", "1.5", "1.6"]
-
-# The name PaddleX's own clients send as `model`, per version (served as an alias).
-CANONICAL_NAMES: dict[str, str] = {
-    "0.9B": "PaddleOCR-VL-0.9B",
-    "1.5": "PaddleOCR-VL-1.5-0.9B",
-    "1.6": "PaddleOCR-VL-1.6-0.9B",
-}
-CHAT_TEMPLATES: dict[str, str] = {
-    "0.9B": "paddleocr_vl_0.9b.jinja",
-    "1.5": "paddleocr_vl_1.5.jinja",
-    "1.6": "paddleocr_vl_1.5.jinja",
-}
-DEFAULT_LAYOUT_MODEL: dict[str, str] = {"0.9B": "PP-DocLayoutV2", "1.5": "PP-DocLayoutV3", "1.6": "PP-DocLayoutV3"}
+from ..recipe import ARCHITECTURE, CANONICAL_NAMES, CHAT_TEMPLATES, DEFAULT_LAYOUT_MODEL, EARLY_SUBDIR, LAYOUT_MODELS, VERSIONS
 
 
-class ModelRepoError(ValueError):
+class ModelRepoError(VllmPaddleOcrError):
     """The model path does not hold a PaddleOCR-VL model this runtime can serve."""
-
-
-class ModelRepo(BaseModel):
-    """A resolved model repository: the directories vLLM and paddlex load, and what they are."""
-
-    model_config = ConfigDict(frozen=True)
-
-    root: Path
-    vlm_dir: Path
-    layout_dir: Path | None
-    layout_model_name: str | None
-    version: Version
-    architecture: str
-    has_remote_code: bool
-    kind: Literal["root", "subdir", "hf_cache", "modelscope"]
-
-    @property
-    def canonical_name(self) -> str:
-        """The served-model-name alias PaddleX's clients send for this version."""
-        return CANONICAL_NAMES[self.version]
-
-    @property
-    def chat_template(self) -> str:
-        """File name of our packaged chat template for this version."""
-        return CHAT_TEMPLATES[self.version]
 
 
 def resolve_model_repo(
@@ -75,14 +40,16 @@ def resolve_model_repo(
         if not config.is_file():
             continue
         _ensure_inside(config, root, "config.json")
-        architectures = _read_architectures(config)
+        data = read_config(config)
+        architectures = _architectures(data)
         if ARCHITECTURE not in architectures:
             raise ModelRepoError(
                 f"{config} declares architectures {architectures or '(none)'}, not {ARCHITECTURE}. "
                 "This runtime serves PaddleOCR-VL only; serve other models with the plain vllm backend."
             )
         vlm_dir = candidate
-        resolved_version = _check_version(version) or detect_version(vlm_dir, given)
+        inference = _read_yaml(vlm_dir / "inference.yml")
+        resolved_version = _check_version(version) or detect_version(data, inference, given, vlm_dir)
         layout_dir, layout_name = _find_layout(vlm_dir, root, layout_model_dir, resolved_version)
         return ModelRepo(
             root=root,
@@ -91,8 +58,12 @@ def resolve_model_repo(
             layout_model_name=layout_name,
             version=resolved_version,
             architecture=ARCHITECTURE,
-            has_remote_code=_has_remote_code(vlm_dir),
+            has_remote_code=bool(data.get("auto_map")) or any(vlm_dir.glob("*.py")),
             kind=candidate_kind if candidate_kind != "root" else kind,
+            canonical_name=CANONICAL_NAMES[resolved_version],
+            chat_template=CHAT_TEMPLATES[resolved_version],
+            config=data,
+            preprocessor=_read_optional_json(vlm_dir / "preprocessor_config.json"),
         )
     places = "\n  ".join(looked)
     raise ModelRepoError(
@@ -153,54 +124,61 @@ def _ensure_inside(path: Path, root: Path, what: str) -> None:
         )
 
 
-def _read_architectures(config: Path) -> list[str]:
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict; a missing or broken one is a ModelRepoError saying to re-download."""
     try:
-        data = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelRepoError(f"cannot read {config}: {exc}; re-download the model") from None
-    archs = data.get("architectures") or []
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelRepoError(f"cannot read {path}: {exc}; re-download the model") from None
+    if not isinstance(data, dict):
+        raise ModelRepoError(f"{path} is not a JSON object; re-download the model")
+    return data
+
+
+def _read_optional_json(path: Path) -> dict[str, Any]:
+    """An optional JSON file as a dict; absent or unreadable reads as empty."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """An optional YAML file as a dict; absent or unreadable reads as empty."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    archs = config.get("architectures") or []
     return [str(a) for a in archs] if isinstance(archs, list) else [str(archs)]
 
 
-def _has_remote_code(vlm_dir: Path) -> bool:
-    """The repo ships modelling code (auto_map or .py files), so older stacks need trust-remote-code."""
-    try:
-        data = json.loads((vlm_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        data = {}
-    return bool(data.get("auto_map")) or any(vlm_dir.glob("*.py"))
-
-
-def _check_version(version: str | None) -> Version | None:
+def _check_version(version: str | None) -> str | None:
     if version is None:
         return None
     normalised = version.strip().removeprefix("v")
-    if normalised in CANONICAL_NAMES:
-        return normalised  # type: ignore[return-value]
-    raise ModelRepoError(f"unknown model version {version!r}; use one of {', '.join(CANONICAL_NAMES)}")
+    if normalised in VERSIONS:
+        return normalised
+    raise ModelRepoError(f"unknown model version {version!r}; use one of {', '.join(VERSIONS)}")
 
 
-def detect_version(vlm_dir: Path, given: Path) -> Version:
-    """Version from inference.yml's model name, then config.json, then the path's names; 0.9B otherwise."""
-    texts: list[str] = []
-    inference = vlm_dir / "inference.yml"
-    if inference.is_file():
-        try:
-            data = yaml.safe_load(inference.read_text()) or {}
-            texts.append(str((data.get("Global") or {}).get("model_name", "")))
-        except (OSError, yaml.YAMLError):
-            pass
-    try:
-        config = json.loads((vlm_dir / "config.json").read_text())
-        texts.append(str(config.get("_name_or_path", "")))
-    except (OSError, json.JSONDecodeError):
-        pass
-    texts.extend(part for part in (*given.parts, *vlm_dir.parts) if "paddleocr" in part.lower())
+def detect_version(config: dict[str, Any], inference: dict[str, Any], *paths: Path) -> str:
+    """Version from inference.yml's model name, then config.json, then the paths' names; 0.9B otherwise."""
+    texts = [
+        str((inference.get("Global") or {}).get("model_name", "")),
+        str(config.get("_name_or_path", "")),
+        *(part for path in paths for part in path.parts if "paddleocr" in part.lower()),
+    ]
     for text in texts:
         lowered = text.lower().replace("___", ".").replace("_", ".")
         for version in ("1.6", "1.5"):
             if f"vl-{version}" in lowered or f"vl{version}" in lowered or f"v{version}" in lowered:
-                return version  # type: ignore[return-value]
+                return version
     return "0.9B"
 
 
@@ -216,7 +194,7 @@ def _find_layout(
             )
         return layout, _layout_name(layout, version)
     preferred = DEFAULT_LAYOUT_MODEL[version]
-    names = sorted(LAYOUT_DIRS, key=lambda n: n != preferred)
+    names = sorted(LAYOUT_MODELS, key=lambda n: n != preferred)
     for base in dict.fromkeys([vlm_dir, vlm_dir.parent if vlm_dir != root else vlm_dir, root]):
         for name in names:
             candidate = base / name
@@ -227,11 +205,7 @@ def _find_layout(
 
 
 def _layout_name(layout: Path, version: str) -> str:
-    try:
-        data = yaml.safe_load((layout / "inference.yml").read_text()) or {}
-        name = (data.get("Global") or {}).get("model_name")
-        if name:
-            return str(name)
-    except (OSError, yaml.YAMLError):
-        pass
-    return layout.name if layout.name in LAYOUT_DIRS else DEFAULT_LAYOUT_MODEL[version]
+    name = (_read_yaml(layout / "inference.yml").get("Global") or {}).get("model_name")
+    if name:
+        return str(name)
+    return layout.name if layout.name in LAYOUT_MODELS else DEFAULT_LAYOUT_MODEL[version]

@@ -16,15 +16,10 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, Field
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.records import GpuProcess
+
 from ..sizes import format_bytes
-
-
-class GpuProcess(BaseModel):
-    """A process holding memory on a GPU, as NVML reports it."""
-
-    pid: int
-    name: str
-    used_bytes: int | None = None  # None: NVML could not tell (containers, WDDM)
 
 
 class GpuInfo(BaseModel):
@@ -93,7 +88,7 @@ class GpuSnapshot(BaseModel):
 # The boundary: the handful of NVML calls this package makes.
 
 
-class NvmlUnavailable(Exception):
+class NvmlUnavailable(VllmPaddleOcrError):
     """NVML cannot be used: no library, no driver, or the driver refused to initialise."""
 
 

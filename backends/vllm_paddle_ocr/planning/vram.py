@@ -20,26 +20,24 @@ whatever the fraction leaves after its profiling, and its CUDA context and NCCL 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.records import EngineInfo, MemoryBreakdown, PlannedGpu, ServeRequest, VramPlan
+
+from ..recipe import KV_BLOCK_TOKENS
+from ..sizes import format_bytes, parse_size
 from .memory_needs import (
-    BLOCK_MAX_PIXELS,
     CUDA_CONTEXT_BYTES,
-    KV_BLOCK_TOKENS,
     MODEL_BUFFER_BYTES,
     NCCL_BYTES,
     NON_TORCH_BYTES,
-    PLANNING_NEW_TOKENS,
     ModelMemoryNeeds,
-    MemoryNeedsError,
     cuda_graph_bytes,
-    read_memory_needs,
 )
-from .nvml import NO_GPU, GpuProcess, GpuSnapshot, describe_holders, gpu_label, read_snapshot
-from ..sizes import format_bytes, parse_size
+from .nvml import NO_GPU, GpuSnapshot, describe_holders, gpu_label, read_snapshot
 
 # 16 in-flight block requests: PaddleX sends every block of a page at once and a page has 10 to 30
 # blocks, so 16 keeps the GPU busy for a 0.9B model while one page takes about two rounds; the KV cache
@@ -57,7 +55,7 @@ DEFAULT_MARGIN = 0.05
 FRACTION_STEPS = (0.01, 0.001)
 
 
-class VramError(Exception):
+class VramError(VllmPaddleOcrError):
     """The budget refuses: the message says which GPU, free versus needed bytes, and what holds memory."""
 
     def __init__(self, message: str, *, gpu: "PlannedGpu | None" = None, needed_bytes: int | None = None) -> None:
@@ -82,127 +80,43 @@ class VramOptions(BaseModel):
     enforce_eager: bool = False  # no CUDA graphs
 
 
-class PlannedGpu(BaseModel):
-    """The card a plan is for (a real one from NVML, or one described by --gpu-total)."""
-
-    index: int | None = None
-    uuid: str | None = None
-    name: str
-    total_bytes: int
-    cuda_total_bytes: int  # what vLLM multiplies the fraction with
-    free_bytes: int
-    processes: list[GpuProcess] = Field(default_factory=list)
-    is_mig: bool = False
-
-    def label(self) -> str:
-        """How messages name this card."""
-        if self.index is None or self.uuid is None:
-            return self.name
-        return gpu_label(self.index, self.name, self.uuid, is_mig=self.is_mig)
-
-    def holders(self) -> str:
-        """Who holds memory on this card, largest first."""
-        if self.index is None:
-            return "a planned card; no processes read"
-        return describe_holders(self.processes)
+def describe_gpu(gpu: PlannedGpu) -> str:
+    """How messages name a card: index, model and UUID, or the planned card's name."""
+    if gpu.index is None or gpu.uuid is None:
+        return gpu.name
+    return gpu_label(gpu.index, gpu.name, gpu.uuid, is_mig=gpu.is_mig)
 
 
-class MemoryBreakdown(BaseModel):
-    """Bytes one GPU needs, by what needs them."""
-
-    weights: int
-    model_buffers: int
-    activation_peak: int
-    non_torch: int
-    cuda_graphs: int
-    cuda_context: int
-    nccl_buffers: int  # tensor parallelism only
-    kv_cache: int
-
-    @property
-    def before_snapshot(self) -> int:
-        """What vLLM holds before its start-up check (CUDA context, NCCL): never free when it checks."""
-        return self.cuda_context + self.nccl_buffers
-
-    @property
-    def without_kv(self) -> int:
-        """Everything but the KV cache (what vLLM itself needs before any request)."""
-        return (
-            self.weights + self.model_buffers + self.activation_peak + self.non_torch + self.cuda_graphs
-            + self.before_snapshot
-        )
-
-    @property
-    def total(self) -> int:
-        """Everything the process holds."""
-        return self.without_kv + self.kv_cache
-
-    def describe(self) -> str:
-        """One line: the parts that make up the total."""
-        parts = [
-            ("weights", self.weights + self.model_buffers),
-            ("profiling peak", self.activation_peak),
-            ("CUDA graphs", self.cuda_graphs),
-            ("non-torch", self.non_torch),
-            ("CUDA context", self.cuda_context),
-            *([("NCCL", self.nccl_buffers)] if self.nccl_buffers else []),
-            ("KV cache", self.kv_cache),
-        ]
-        return ", ".join(f"{name} {format_bytes(value)}" for name, value in parts)
+def describe_gpu_holders(gpu: PlannedGpu) -> str:
+    """Who holds memory on a card, largest first."""
+    if gpu.index is None:
+        return "a planned card; no processes read"
+    return describe_holders(gpu.processes)
 
 
-class VramPlan(BaseModel):
-    """The budget, JSON-friendly: what to pass to vLLM, what a control plane should book, and why."""
+def describe_breakdown(parts: MemoryBreakdown) -> str:
+    """One line: the parts that make up a breakdown's total."""
+    named = [
+        ("weights", parts.weights + parts.model_buffers),
+        ("profiling peak", parts.activation_peak),
+        ("CUDA graphs", parts.cuda_graphs),
+        ("non-torch", parts.non_torch),
+        ("CUDA context", parts.cuda_context),
+        *([("NCCL", parts.nccl_buffers)] if parts.nccl_buffers else []),
+        ("KV cache", parts.kv_cache),
+    ]
+    return ", ".join(f"{name} {format_bytes(value)}" for name, value in named)
 
-    available: bool
-    reason: str | None = None
-    source: Literal["planned", "user", "none"] = "planned"
-    gpu: PlannedGpu | None = None  # the tightest card the plan is for
-    gpus: list[PlannedGpu] = Field(default_factory=list)
-    gpu_memory_utilization: float | None = None
-    kv_cache_memory_bytes: int | None = None
-    max_num_seqs: int | None = None
-    concurrency: int
-    requested_concurrency: int
-    claim_bytes: int  # what the instance books on each GPU (total x fraction, plus the context if outside)
-    needed_bytes: int  # what the estimate says it holds (breakdown total)
-    breakdown: MemoryBreakdown
-    tokens_per_request: int
-    kv_bytes_per_token: int
-    kv_cache_tokens: int
-    notes: list[str] = Field(default_factory=list)
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def gpustack_parameter(self) -> str | None:
-        """The backend_parameters item GPUStack reads to book total x fraction on each GPU."""
-        if self.gpu_memory_utilization is None:
-            return None
-        return gpustack_parameter(self.gpu_memory_utilization)
-
-    def vllm_args(self) -> list[str]:
-        """The vLLM flags this plan decides; the launch plan skips any the user typed himself."""
-        if not self.available:
-            return []
-        args: list[str] = []
-        if self.source == "planned" and self.gpu_memory_utilization is not None:
-            args += ["--gpu-memory-utilization", fraction_text(self.gpu_memory_utilization)]
-            if self.kv_cache_memory_bytes is not None:
-                args += ["--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes)]
-        if self.max_num_seqs is not None:
-            # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
-            args += ["--max-num-seqs", str(self.max_num_seqs)]
-        return args
-
-    def summary(self) -> str:
-        """One line for `plan`: fraction, bytes claimed, KV cache and concurrency."""
-        kv = f"KV cache {format_bytes(self.breakdown.kv_cache)} for {self.concurrency} in-flight blocks of {self.tokens_per_request} tokens"
-        if not self.available or self.gpu is None or self.gpu_memory_utilization is None:
-            return f"claims {format_bytes(self.claim_bytes)} per GPU; {kv}"
-        return (
-            f"{fraction_text(self.gpu_memory_utilization)} of {self.gpu.label()}: {format_bytes(self.claim_bytes)} claimed "
-            f"of {format_bytes(self.gpu.cuda_total_bytes)} ({format_bytes(self.gpu.free_bytes)} free); {kv}"
-        )
+def summary(plan: VramPlan) -> str:
+    """One line for `plan`: fraction, bytes claimed, KV cache and concurrency."""
+    kv = f"KV cache {format_bytes(plan.breakdown.kv_cache)} for {plan.concurrency} in-flight blocks of {plan.tokens_per_request} tokens"
+    if not plan.available or plan.gpu is None or plan.gpu_memory_utilization is None:
+        return f"claims {format_bytes(plan.claim_bytes)} per GPU; {kv}"
+    return (
+        f"{fraction_text(plan.gpu_memory_utilization)} of {describe_gpu(plan.gpu)}: {format_bytes(plan.claim_bytes)} claimed "
+        f"of {format_bytes(plan.gpu.cuda_total_bytes)} ({format_bytes(plan.gpu.free_bytes)} free); {kv}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -312,10 +226,10 @@ def _refusal(gpu: PlannedGpu, fraction: float, what: str, parts: MemoryBreakdown
     needed = requested + parts.before_snapshot
     before = "the CUDA context and NCCL buffers" if parts.nccl_buffers else "the CUDA context"
     message = (
-        f"{gpu.label()} has {format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.cuda_total_bytes)}, "
+        f"{describe_gpu(gpu)} has {format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.cuda_total_bytes)}, "
         f"but {what} needs {format_bytes(needed)} free at start-up: --gpu-memory-utilization {fraction_text(fraction)} "
-        f"({format_bytes(requested)}: {parts.describe()}, with margin and rounding) plus {before} vLLM "
-        f"creates before it checks; memory is held by {gpu.holders()}. {advice}"
+        f"({format_bytes(requested)}: {describe_breakdown(parts)}, with margin and rounding) plus {before} vLLM "
+        f"creates before it checks; memory is held by {describe_gpu_holders(gpu)}. {advice}"
     )
     return VramError(message, gpu=gpu, needed_bytes=needed)
 
@@ -368,7 +282,9 @@ def _plan(
 ) -> VramPlan:
     tp = options.tensor_parallel_size
     per_token = needs.kv_bytes_per_token_per_gpu(tp)
+    fraction = fields.get("gpu_memory_utilization")
     return VramPlan(
+        gpustack_parameter=None if fraction is None else gpustack_parameter(fraction),
         concurrency=concurrency,
         requested_concurrency=requested,
         needed_bytes=parts.total,
@@ -438,7 +354,7 @@ def _plan_own_fraction(
     if concurrency < requested:
         notes.append(
             f"lowered the concurrency from {requested} to {concurrency} in-flight blocks to fit the "
-            f"{format_bytes(tightest.free_bytes)} free on {tightest.label()}"
+            f"{format_bytes(tightest.free_bytes)} free on {describe_gpu(tightest)}"
         )
     kv_flag = None
     if options.kv_cache_flag_supported:
@@ -479,7 +395,7 @@ def _plan_user_fraction(
     if given < required:
         least = _ceil_step(required / smallest.cuda_total_bytes)
         raise VramError(
-            f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(given)} of {smallest.label()}, "
+            f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(given)} of {describe_gpu(smallest)}, "
             f"but the weights, profiling peak and CUDA graphs take {format_bytes(overhead)}"
             + ("" if user_kv is not None else f" and one {needs.max_model_len}-token request needs {format_bytes(min_kv)} of KV cache")
             + f"; use at least {least:.2f}, or leave the flag out and let vllm_paddle_ocr size it",
@@ -515,83 +431,30 @@ def _plan_user_fraction(
 
 
 def budget(
-    model_dir: Path,
+    needs: ModelMemoryNeeds,
     options: VramOptions,
     *,
     snapshot: GpuSnapshot | None = None,
     env: Mapping[str, str] | None = None,
-    **needs_kwargs: Any,
 ) -> VramPlan:
-    """Read the model's needs (and NVML unless a snapshot or --gpu-total is given), then plan."""
-    kwargs = {**default_needs(), **needs_kwargs}
-    if kwargs["max_model_len"] is None:
-        from .launch_plan import served_context_length  # the --max-model-len the launch plan will pass
-
-        kwargs["max_model_len"] = served_context_length(Path(model_dir))
-    try:
-        needs = read_memory_needs(Path(model_dir), **kwargs)
-    except MemoryNeedsError as exc:
-        raise VramError(str(exc)) from exc
+    """Plan against NVML's snapshot of the visible GPUs, unless a snapshot or --gpu-total is given."""
     if snapshot is None and options.gpu_total_bytes is None:
         snapshot = read_snapshot(env)
     return plan_vram(needs, snapshot, options)
 
 
-def _user_number(request: Any, key: str, convert: Any) -> Any:
-    text = request.user_value(key)
-    if text is None:
-        return None
-    try:
-        return convert(text)
-    except ValueError as exc:
-        raise VramError(f"--{key} {text!r} is not a valid value: {exc}") from None
-
-
-def options_from_request(request: Any, engine: Any) -> VramOptions:
-    """VramOptions from a ServeRequest (our flags and the user's vLLM flags) and the installed vLLM."""
+def options_from_request(request: ServeRequest, engine: EngineInfo) -> VramOptions:
+    """VramOptions from a ServeRequest (our flags and the user's engine flags) and the installed engine."""
     eager = request.user_flag("enforce-eager")
     return VramOptions(
         concurrency=request.concurrency,
-        gpu_memory_utilization=_user_number(request, "gpu-memory-utilization", float),
-        kv_cache_memory_bytes=_user_number(request, "kv-cache-memory-bytes", parse_size),
-        max_num_seqs=_user_number(request, "max-num-seqs", int),
+        gpu_memory_utilization=request.user_number("gpu-memory-utilization", float),
+        kv_cache_memory_bytes=request.user_number("kv-cache-memory-bytes", parse_size),
+        max_num_seqs=request.user_number("max-num-seqs", int),
         gpu_total_bytes=request.gpu_total_bytes,
         gpu_free_bytes=request.gpu_free_bytes,
-        margin=request.vram_margin,
+        margin=DEFAULT_MARGIN if request.vram_margin is None else request.vram_margin,
         kv_cache_flag_supported=engine.knows_flag("--kv-cache-memory-bytes"),
-        tensor_parallel_size=_user_number(request, "tensor-parallel-size", int) or 1,
-        enforce_eager=eager is not None and not eager.name.lstrip("-").startswith("no-"),
+        tensor_parallel_size=request.user_number("tensor-parallel-size", int) or 1,
+        enforce_eager=eager is not None and not eager.negated,
     )
-
-
-def _context_length(text: str) -> int | None:
-    """--max-model-len as vLLM reads it: a size such as 8192 or 8k, or -1/auto for the model's own."""
-    if text.strip().lower() in {"-1", "auto"}:
-        return None
-    return parse_size(text)
-
-
-def default_needs() -> dict[str, Any]:
-    """The read_memory_needs keyword arguments for the launch plan's defaults: PaddleX's blocks, the recipe."""
-    from .launch_plan import RECOMMENDED_FLAGS  # launch_plan imports this module
-
-    (batched,) = dict(RECOMMENDED_FLAGS)["--max-num-batched-tokens"]
-    return {
-        "max_pixels": BLOCK_MAX_PIXELS,
-        "max_num_batched_tokens": parse_size(batched),
-        "max_new_tokens": PLANNING_NEW_TOKENS,
-        "dtype": None,
-        "max_model_len": None,  # budget() fills in what the launch plan passes
-        "kv_cache_dtype": None,
-    }
-
-
-def needs_from_request(request: Any) -> dict[str, Any]:
-    """The read_memory_needs keyword arguments a ServeRequest implies (the user's vLLM flags win)."""
-    given = {
-        "max_num_batched_tokens": _user_number(request, "max-num-batched-tokens", parse_size),
-        "dtype": request.user_value("dtype"),
-        "max_model_len": _user_number(request, "max-model-len", _context_length),
-        "kv_cache_dtype": request.user_value("kv-cache-dtype"),
-    }
-    return {**default_needs(), **{key: value for key, value in given.items() if value is not None}}

@@ -49,7 +49,7 @@ from .url_fetch import UrlFetcher, UrlPolicy
 from .recognition.vlm_client import VlmClient
 
 if TYPE_CHECKING:
-    from ..planning.launch_plan import ProxySettings
+    from vllm_paddle_ocr.plugin.records import ProxySettings
 
 __all__ = ["UpstreamState", "create_app", "drain", "run_proxy"]
 

@@ -8,6 +8,8 @@ from typing import Any, Iterable, Mapping
 
 from starlette.responses import Response
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 INTERNAL_ERROR_MESSAGE = "Internal server error"
 
 
@@ -16,7 +18,7 @@ def new_log_id() -> str:
     return str(uuid.uuid4())
 
 
-class ProxyError(Exception):
+class ProxyError(VllmPaddleOcrError):
     """An expected failure with the HTTP status and message the client gets."""
 
     status_code: int = 500

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 from .output.markdown import DEFAULT_MARKDOWN_IGNORE_LABELS
-from .recognition.prompts import Kind, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
+from .recognition.prompts import Kind, PromptLabelError, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
 from .protocol import MERGE_BBOXES_MODES, InferRequest
 
 # PP-DocLayoutV2 class ids, in order (PP-DocLayoutV3 numbers its classes differently).
@@ -54,7 +56,7 @@ EXTRA_ARG_KEYS: frozenset[str] = frozenset(
 )
 
 
-class OptionsError(ValueError):
+class OptionsError(VllmPaddleOcrError):
     """A request option has a value this server cannot use; the message says what is allowed."""
 
     def __init__(self, field_name: str, message: str) -> None:
@@ -317,7 +319,7 @@ def page_options(
     if not use_layout:
         try:
             prompt_label = check_prompt_label(request.promptLabel, model_version)
-        except ValueError as exc:
+        except PromptLabelError as exc:
             raise OptionsError("promptLabel", str(exc)) from None
         recognition = recognition_for_prompt_label(prompt_label, recognition)
     ignore = (

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 from .errors import openai_error_response
 from .metrics import ProxyMetrics
 from .state import UpstreamState
@@ -44,7 +46,7 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 _NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
-class _ClientGone(Exception):
+class _ClientGone(VllmPaddleOcrError):
     """The client closed its connection before the exchange finished."""
 
 

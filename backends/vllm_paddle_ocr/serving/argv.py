@@ -7,47 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from vllm_paddle_ocr.plugin.errors import ServeRequestError
+from vllm_paddle_ocr.plugin.records import Flag, ServeRequest
 
-from ..sizes import parse_size
 from ..planning.vram import DEFAULT_MARGIN
+from ..sizes import parse_size
 
 _NEGATIVE_NUMBER = re.compile(r"^-\d+(\.\d+)?$")
 
 
-class ServeArgsError(ValueError):
+class ServeArgsError(ServeRequestError):
     """The command line cannot be turned into a serve request."""
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One flag as the user typed it, with the values that followed it."""
-
-    name: str
-    values: tuple[str, ...]
-    joined: bool = False  # typed as --name=value
-
-    @property
-    def key(self) -> str:
-        """Comparable name: dashes, no leading dashes, no `no-` prefix (so --no-x and --x collide)."""
-        key = self.name.lstrip("-").replace("_", "-")
-        key = _SHORT_FLAGS.get(key, key)
-        return key[3:] if key.startswith("no-") else key
-
-    def tokens(self) -> list[str]:
-        """The flag back as argv tokens, in the form the user typed."""
-        if self.joined:
-            return [f"{self.name}={self.values[0]}"]
-        return [self.name, *self.values]
-
-
-# vLLM's short aliases, so a user's `-tp 2` counts as setting --tensor-parallel-size.
-_SHORT_FLAGS = {
-    "tp": "tensor-parallel-size",
-    "pp": "pipeline-parallel-size",
-    "dp": "data-parallel-size",
-    "q": "quantization",
-}
 
 
 def _is_flag(token: str) -> bool:
@@ -78,46 +48,6 @@ def split_flags(tokens: list[str]) -> tuple[list[str], list[Flag]]:
             i += 1
         flags.append(Flag(token, tuple(values)))
     return positionals, flags
-
-
-class ServeRequest(BaseModel):
-    """What the control plane asked for: a model path, where to listen, vLLM flags and our options."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model_path: Path
-    runtime: str = "vllm_paddle_ocr"
-    host: str = "0.0.0.0"
-    port: int = 8000
-    served_model_names: list[str] = Field(default_factory=list)
-    vllm_flags: list[Flag] = Field(default_factory=list)
-    # Our own options (never passed to vLLM).
-    layout_model_dir: Path | None = None
-    layout_device: str = "cpu"
-    model_version: str | None = None
-    concurrency: int | None = None
-    gpu_total_bytes: int | None = None
-    gpu_free_bytes: int | None = None
-    vram_margin: float = DEFAULT_MARGIN
-    upstream_port: int | None = None
-    max_body_bytes: int = 200 * 1024**2
-    max_pages: int = 1000
-    max_page_pixels: int = 178_956_970
-    allow_url_input: bool = False
-    url_allow_hosts: list[str] = Field(default_factory=list)
-    ready_timeout_s: float = 1800.0
-    shutdown_grace_s: float = 30.0
-    gpu_lock_timeout_s: float = 900.0
-
-    def user_flag(self, key: str) -> Flag | None:
-        """The last vLLM flag the user gave under this key (vLLM's argparse keeps the last)."""
-        found = [flag for flag in self.vllm_flags if flag.key == key]
-        return found[-1] if found else None
-
-    def user_value(self, key: str) -> str | None:
-        """The value of a single-valued vLLM flag the user gave, if any."""
-        flag = self.user_flag(key)
-        return flag.values[0] if flag and flag.values else None
 
 
 def _int(text: str) -> int:

@@ -7,8 +7,14 @@ import logging
 import sys
 import textwrap
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.manager import get_plugin_manager, plan_launch
+from vllm_paddle_ocr.plugin.records import LaunchPlan
+
+from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
-from .argv import OWN_OPTIONS, ServeArgsError, parse_serve_argv
+from ..planning.vram import summary
+from .argv import OWN_OPTIONS, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
 
@@ -77,9 +83,19 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: every expected error is one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = argv[0] if argv else ""
+    try:
+        return _run(argv)
+    except VllmPaddleOcrError as exc:
+        words = " ".join(argv[:2]) if command == "gpustack" else command
+        sys.stderr.write(f"vllm_paddle_ocr {words}: error: {exc}\n")
+        return exc.exit_code
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in {"serve", "plan"}:
         command, rest = argv[0], argv[1:]
         if "-h" in rest or "--help" in rest:
@@ -87,42 +103,25 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         as_json = command == "plan" and "--json" in rest
         rest = [token for token in rest if not (command == "plan" and token == "--json")]
-        try:
-            return _run_serve_or_plan(command, rest, as_json)
-        except ServeArgsError as exc:
-            sys.stderr.write(f"vllm_paddle_ocr {command}: error: {exc}\n")
-            return 2
-    args = _top_parser().parse_args(argv)
-    if args.command == "manifests":
-        from ..deploy.manifests import run_manifests_command
-
-        return run_manifests_command(output_dir=args.output_dir, check=args.check)
-    if args.command == "gpustack":
-        from ..deploy.gpustack_install import run_gpustack_command
-
-        return run_gpustack_command(args.gpustack_command, data_dir=args.data_dir, bin_dir=args.bin_dir)
-    _top_parser().print_help()
-    return 0
-
-
-def _run_serve_or_plan(command: str, argv: list[str], as_json: bool) -> int:
-    from vllm_paddle_ocr.plugin.manager import get_plugin_manager, plan_launch
-
-    from .errors import user_facing_errors
-
-    request = parse_serve_argv(argv)
-    pm = get_plugin_manager()
-    with user_facing_errors(command):
+        request = parse_serve_argv(rest)
+        pm = get_plugin_manager()
         if command == "plan":
             plan = plan_launch(pm, request)
             sys.stdout.write(plan.to_json() + "\n" if as_json else describe_plan(plan))
             return 0
-        from .supervisor import serve
+        from .supervisor import serve  # the server's imports (uvicorn, the proxy) only when serving
 
         return serve(pm, request)
+    args = _top_parser().parse_args(argv)
+    if args.command == "manifests":
+        return manifests.run_manifests_command(output_dir=args.output_dir, check=args.check)
+    if args.command == "gpustack":
+        return gpustack_install.run_gpustack_command(args.gpustack_command, data_dir=args.data_dir, bin_dir=args.bin_dir)
+    _top_parser().print_help()
+    return 0
 
 
-def describe_plan(plan) -> str:
+def describe_plan(plan: LaunchPlan) -> str:
     """The plan for a person: what runs, with what memory, and why."""
     vram = plan.vram
     lines = [
@@ -136,7 +135,7 @@ def describe_plan(plan) -> str:
     if vram is None or not vram.available:
         lines.append(f"VRAM:         {vram.reason if vram is not None else 'no budget planned'}")
     else:
-        lines.append(f"VRAM:         {vram.summary()}")
+        lines.append(f"VRAM:         {summary(vram)}")
         lines.append(f"GPUStack:     {vram.gpustack_parameter}")
     lines.append("vLLM argv:    " + " ".join(plan.vllm_argv))
     lines += [f"note:         {note}" for note in plan.notes]

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, TypeVar
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 LOCK_DIR_ENV = "VLLM_PADDLE_OCR_LOCK_DIR"
 POLL_INTERVAL_S = 0.2
 # How often the wait is reported while it lasts.
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class GpuLockError(RuntimeError):
+class GpuLockError(VllmPaddleOcrError):
     """The start lock cannot be taken; the message says what to do."""
 
 

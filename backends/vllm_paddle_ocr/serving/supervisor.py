@@ -18,8 +18,13 @@ from typing import Any, Callable
 
 import httpx
 import psutil
+import pluggy
 
-from ..planning.launch_plan import LaunchPlan
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.manager import plan_launch
+from vllm_paddle_ocr.plugin.records import LaunchPlan, ServeRequest
+
+from .gpu_lock import gpu_start_lock
 
 log = logging.getLogger("vllm_paddle_ocr.supervisor")
 
@@ -32,7 +37,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-class StartupFailed(RuntimeError):
+class StartupFailed(VllmPaddleOcrError):
     """vLLM or the proxy could not start; the message carries vLLM's last lines."""
 
 
@@ -230,15 +235,14 @@ def _load_detector(plan: LaunchPlan) -> Any:
 
 
 async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -> int:
-    """Bind, start vLLM and the proxy, wait for readiness, then live until a signal or a death."""
+    """Bind, start vLLM and the proxy, wait for readiness, then live until a signal or a death.
+
+    A start-up failure ends vLLM, then reaches the caller as the VllmPaddleOcrError it was.
+    """
     from ..proxy.state import UpstreamState
 
     _libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    try:
-        sock = bind_socket(plan.proxy.host, plan.proxy.port)
-    except StartupFailed as exc:
-        sys.stderr.write(f"vllm_paddle_ocr serve: error: {exc}\n")
-        return 1
+    sock = bind_socket(plan.proxy.host, plan.proxy.port)
     sup = Supervisor(plan)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -249,24 +253,21 @@ async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -
     try:
         # vLLM first: its start-up hook (preexec_fn) is only safe while this process has no other threads.
         await sup.start_vllm()
-        detector = sup.spawn(asyncio.to_thread(_load_detector, plan))
         sup.spawn(sup.watch_vllm())
-        ready = sup.spawn(sup.wait_ready())
+        # The layout model loads while vLLM warms up; whichever fails first ends the start.
+        startup = sup.spawn(asyncio.gather(sup.wait_ready(), asyncio.to_thread(_load_detector, plan)))
         stop = sup.spawn(sup.stopping.wait())
-        await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
+        await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not startup.done():
+            startup.cancel()
         else:
-            ready.result()  # raises StartupFailed
-            sup.state.attach_detector(await detector)
+            _, detector = startup.result()  # raises the start-up's error
+            sup.state.attach_detector(detector)
             sup.state.mark_ready()
             log.info("ready: proxy on http://%s:%s, vLLM on %s", plan.proxy.host, plan.proxy.port, plan.proxy.upstream_url)
             if on_ready is not None:
                 on_ready()
             await sup.stopping.wait()
-    except StartupFailed as exc:
-        sys.stderr.write(f"vllm_paddle_ocr serve: error: {exc}\n")
-        sup.exit_code = sup.exit_code or 1
     finally:
         sup.stopping.set()
         await _shutdown(sup, server, serving)
@@ -310,12 +311,8 @@ async def _shutdown(sup: Supervisor, server: Any, serving: asyncio.Task) -> None
     await asyncio.to_thread(sup.stop_vllm)
 
 
-def serve(pm: Any, request: Any) -> int:
+def serve(pm: pluggy.PluginManager, request: ServeRequest) -> int:
     """Plan (holding the per-GPU start lock from budget to readiness), then supervise."""
-    from vllm_paddle_ocr.plugin.manager import plan_launch
-
-    from .gpu_lock import gpu_start_lock
-
     plan = plan_launch(pm, request)
     if not plan.gpu_uuids:
         return asyncio.run(run(plan))

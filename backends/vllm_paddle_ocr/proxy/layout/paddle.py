@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, Union
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 from ..options import (
     DEFAULT_LAYOUT_NMS,
     DEFAULT_UNCLIP_RATIO,
@@ -55,7 +57,7 @@ _EXPECTED = (
 _INSTALL_HINT = "install the layout extra: pip install 'vllm-paddle-ocr[layout]' (paddlepaddle and paddlex[ocr-core])"
 
 
-class LayoutModelError(ValueError):
+class LayoutModelError(VllmPaddleOcrError):
     """A layout model directory paddlex cannot load; the message says what to add or change."""
 
 

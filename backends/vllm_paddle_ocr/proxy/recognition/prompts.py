@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+
 # Task kinds: the prompt and the pixel limits of a request both follow from the kind.
 Kind = Literal["ocr", "table", "chart", "formula", "seal", "spotting"]
 
@@ -27,7 +29,7 @@ PROMPT_LABELS: tuple[str, ...] = ("ocr", "formula", "table", "chart", "seal", "s
 V15_ONLY_KINDS: frozenset[str] = frozenset({"seal", "spotting"})
 
 
-class PromptLabelError(ValueError):
+class PromptLabelError(VllmPaddleOcrError):
     """A promptLabel this model cannot answer."""
 
 

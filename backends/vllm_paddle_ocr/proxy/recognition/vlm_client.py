@@ -13,9 +13,8 @@ from typing import Any, Hashable
 import aiohttp
 from PIL import Image
 
+from ..errors import UpstreamError
 from ..metrics import ProxyMetrics
-from ..options import VlmOptions
-from .prompts import Kind
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_RETRIES = 3
@@ -24,13 +23,8 @@ KEEPALIVE_EXPIRY_S = 4.0
 _RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 
 
-class VlmError(Exception):
+class VlmError(UpstreamError):
     """A block recognition request failed; `status_code` is the HTTP status for the client."""
-
-    def __init__(self, message: str, *, status_code: int = 502) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
 
 
 class FairSlots:
@@ -158,23 +152,6 @@ class VlmClient:
         """Close the connection pool."""
         if self._session is not None:
             await self._session.close()
-
-    async def recognize(
-        self,
-        owner: Hashable,
-        image: Image.Image,
-        *,
-        prompt: str,
-        kind: Kind,
-        options: VlmOptions,
-        skip_special_tokens: bool = True,
-    ) -> str:
-        """The model's text for one crop; the JPEG is encoded off the event loop."""
-        url = await asyncio.to_thread(jpeg_data_url, image)
-        body = options.chat_body(
-            model=self.model, image_url=url, prompt=prompt, kind=kind, skip_special_tokens=skip_special_tokens
-        )
-        return await self.complete(owner, body)
 
     async def complete(self, owner: Hashable, body: dict[str, Any]) -> str:
         """Send one chat completion when `owner`'s turn comes; return the first choice's text."""
