@@ -102,7 +102,7 @@ class FixedLayout:
     labels: tuple[str, ...] = ()
 
     def detect(self, image, options=None):
-        from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
+        from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox
 
         width, height = image.size
         return [

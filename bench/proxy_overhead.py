@@ -127,8 +127,9 @@ def serve_upstream(port: int, delay_ms: float, events: int) -> None:
 def serve_proxy(port: int, upstream_port: int) -> None:
     import uvicorn
 
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import ProxySettings
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app
+    from vllm_paddle_ocr.plugin.records import ProxySettings
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.state import UpstreamState
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import create_app
 
     settings = ProxySettings(
         host=HOST, port=port, upstream_url=f"http://{HOST}:{upstream_port}", served_model_name=MODEL,

@@ -24,8 +24,13 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import served_context_length
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import CUDA_CONTEXT_BYTES, ModelMemoryNeeds, read_memory_needs
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import (
+    CUDA_CONTEXT_BYTES,
+    ModelMemoryNeeds,
+    memory_needs,
+    read_checkpoint,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.nvml import GpuSnapshot, RecordedNvml, read_snapshot
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
 
@@ -136,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_header_only_model(Path(tmp))
-        # What the launch plan passes: the vLLM recipe's flags and its --max-model-len.
-        planned = {**vram.default_needs(), "max_model_len": served_context_length(model)}
-        needs = read_memory_needs(model, **planned)
-        worst = read_memory_needs(model, **{**planned, "max_new_tokens": 4096})
+        repo = resolve_model_repo(write_header_only_model(Path(tmp)))
+        checkpoint = read_checkpoint(repo.vlm_dir)
+        # What the launch plan passes: the vLLM recipe's flags and its --max-model-len (the defaults).
+        needs = memory_needs(repo.config, repo.preprocessor, checkpoint)
+        worst = memory_needs(repo.config, repo.preprocessor, checkpoint, max_new_tokens=4096)
 
     rows = []
     for label, name in CARDS:
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--max-num-seqs {h100.max_num_seqs}); goal <= {GOAL_BYTES / GiB:.0f} GiB: "
         + ("met" if h100.claim_bytes <= GOAL_BYTES else "NOT met")
     )
-    print(f"  {h100.breakdown.describe()}")
+    print(f"  {vram.describe_breakdown(h100.breakdown)}")
     print(
         f"sized for PaddleX's 4096-token answer cap instead ({worst.tokens_per_request} tokens a block), "
         f"the same plan would claim {h100_worst.claim_bytes / GiB:.2f} GiB"

@@ -88,7 +88,6 @@ V3_DEFAULT_THRESHOLD = 0.3  # PaddleOCR-VL 1.5/1.6 with PP-DocLayoutV3
 DEFAULT_UNCLIP_RATIO: tuple[float, float] = (1.0, 1.0)
 DEFAULT_LAYOUT_NMS = True
 MERGE_BBOXES_MODES: tuple[str, ...] = ("large", "small", "union")
-SHAPE_MODES: tuple[str, ...] = ("rect", "quad", "poly", "auto")
 
 # ------------------------------------------------------------------------------ pages (PaddleX)
 

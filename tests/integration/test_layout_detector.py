@@ -13,13 +13,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.fixtures.tiny_layout import LABELS
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
-    LayoutBox,
-    LayoutModelError,
-    PaddlexLayoutDetector,
-    predict_kwargs,
-)
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import LayoutOptions
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox, LayoutModelError, layout_settings
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import PaddlexLayoutDetector
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import LayoutOptions, layout_options
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +64,7 @@ def test_loads_the_dynamic_model_with_its_labels(detector, tiny_layout_dir):
 
 def test_boxes_have_the_documented_structure(default_boxes):
     assert default_boxes, "the fixture model must find at least one box per page at the default thresholds"
-    defaults = predict_kwargs(None)["threshold"]
+    defaults = layout_settings(None).threshold
     width, height = PAGE_SIZE
     for box in default_boxes:
         assert isinstance(box, LayoutBox)
@@ -102,15 +99,16 @@ def test_per_class_thresholds_with_json_keys(detector, page):
     # No NMS and no merging, so that boxes of other classes cannot remove boxes of the kept one.
     everything = detector.detect(page, LayoutOptions(threshold=0.0, nms=False, merge_bboxes_mode="union"))
     kept = everything[0].cls_id
-    only_one = {str(i): (0.0 if i == kept else 1.0) for i in range(len(LABELS))}
-    boxes = detector.detect(page, LayoutOptions(threshold=only_one, nms=False, merge_bboxes_mode="union"))
+    only_one = {str(i): (0.0 if i == kept else 1.0) for i in range(len(LABELS))}  # as JSON sends them
+    request = InferRequest(file="x", layoutThreshold=only_one, layoutNms=False, layoutMergeBboxesMode="union")
+    boxes = detector.detect(page, layout_options(request, LABELS))
     assert boxes and {box.cls_id for box in boxes} == {kept}
     assert len(boxes) == sum(box.cls_id == kept for box in everything)
 
 
 def test_unclip_ratio_grows_the_boxes(detector, page):
     plain = detector.detect(page, LayoutOptions(threshold=0.0, nms=False))
-    grown = detector.detect(page, LayoutOptions(threshold=0.0, nms=False, unclip_ratio=[1.5, 1.5]))
+    grown = detector.detect(page, LayoutOptions(threshold=0.0, nms=False, unclip_ratio=(1.5, 1.5)))
     area = lambda b: (b.coordinate[2] - b.coordinate[0]) * (b.coordinate[3] - b.coordinate[1])  # noqa: E731
     assert sum(map(area, grown)) > sum(map(area, plain))
 

@@ -97,9 +97,28 @@ def test_without_layout_detection_the_page_is_one_block(served, paddlex_schema):
     assert block["block_bbox"] == [0, 0, 320, 200]
 
 
+def counters(served) -> dict[str, float]:
+    """The proxy's counters from /metrics, summed over their labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{served.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name.startswith("vllm_paddle_ocr_proxy_") and sample.name.endswith("_total"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
 def test_metrics_count_pages_and_blocks(served):
-    text = httpx.get(f"{served.url}/metrics").text
-    assert "pages" in text and "blocks" in text
+    before = counters(served)
+    answer = parse(served, {"file": b64(make_pdf(2)), "fileType": 0, "visualize": False})
+    assert answer.status_code == 200, answer.text
+    after = counters(served)
+    parsed = sum(len(r["prunedResult"]["parsing_res_list"]) for r in answer.json()["result"]["layoutParsingResults"])
+    pages = "vllm_paddle_ocr_proxy_pages_total"
+    blocks = "vllm_paddle_ocr_proxy_blocks_total"
+    assert after[pages] - before.get(pages, 0) == 2
+    assert after[blocks] - before.get(blocks, 0) >= parsed > 0
 
 
 @pytest.mark.parametrize(

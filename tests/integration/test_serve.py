@@ -178,3 +178,26 @@ def test_taken_port_fails_fast_and_clearly(bare_repo, cpu_env, tmp_path):
     assert out.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "vllm.entrypoints" not in out.stdout  # vLLM was never started
+
+
+def test_a_layout_model_that_cannot_load_ends_serve_with_one_line(bare_repo, cpu_env, tmp_path):
+    import subprocess
+
+    from tests.conftest import CPU_VLLM_FLAGS, free_port
+
+    layout = tmp_path / "PP-DocLayoutV2"
+    layout.mkdir()
+    (layout / "inference.yml").write_text("Global:\n  model_name: PP-DocLayoutV2\n")
+    (layout / "inference.json").write_text('{"not": "a program"}')
+    (layout / "inference.pdiparams").write_bytes(os.urandom(4096))
+    exe = str(Path(os.sys.executable).parent / "vllm_paddle_ocr")
+    argv = [exe, "serve", str(bare_repo), *CPU_VLLM_FLAGS, "--layout-model-dir", str(layout),
+            "--host", "127.0.0.1", "--port", str(free_port())]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=cpu_env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    ours = [line for line in (out.stdout + out.stderr).splitlines() if not line.startswith("[vllm]")]
+    errors = [line for line in ours if "error:" in line]
+    assert len(errors) == 1, ours[-20:]
+    assert errors[0].startswith("vllm_paddle_ocr serve: error: paddlex could not load PP-DocLayoutV2 from " + str(layout))
+    assert "--layout-model-dir" in errors[0]
+    assert not any("Traceback" in line for line in ours)

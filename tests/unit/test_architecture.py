@@ -7,7 +7,8 @@ import pytest
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import compatibility as architecture, engine
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.compatibility import check_compatibility
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import EngineInfo, known_options, parse_version
+from vllm_paddle_ocr.plugin.records import EngineInfo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import known_options, parse_version
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 
 

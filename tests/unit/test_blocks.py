@@ -11,7 +11,6 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import (
     Block,
     Figure,
     TableMarker,
-    block_from_box,
     block_orders,
     clip_box,
     crop,
@@ -31,8 +30,8 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import (
     stack_layout,
     table_figure_markers,
     trim_formula_margin,
-    whole_page_block,
 )
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox, whole_page_box
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.prompts import Recognition
 
 PAGE = (400, 600)
@@ -55,16 +54,23 @@ def boxes(
 # ---------------------------------------------------------------- basics
 
 
-def test_block_from_paddlex_box() -> None:
-    block = block_from_box(
-        {"cls_id": 22, "label": "text", "score": 0.98, "coordinate": [1.0, 2.0, 30.0, 40.0], "order": 3}
-    )
+def box(label: str, x1: int, y1: int, x2: int, y2: int) -> LayoutBox:
+    return LayoutBox(0, label, 0.9, (x1, y1, x2, y2))
+
+
+def test_a_detector_box_becomes_a_block_with_an_integer_box() -> None:
+    block = Block.from_box(LayoutBox(22, "text", 0.98, (1.0, 2.7, 30.0, 40.2), 3))
     assert block == Block("text", (1, 2, 30, 40), 0.98, 22, 3)
-    assert whole_page_block("ocr", 640, 480).bbox == (0, 0, 640, 480)
-    polygon = block_from_box(
-        {"label": "text", "coordinate": [0, 0, 9, 9], "polygon_points": np.array([[0, 0], [9, 0], [9, 9]])}
-    ).polygon
-    assert polygon == ((0, 0), (9, 0), (9, 9)) and all(type(v) is int for p in polygon for v in p)
+    assert Block.from_box(whole_page_box("ocr", 640, 480)).bbox == (0, 0, 640, 480)
+    polygon = ((0.0, 0.0), (9.0, 0.0), (9.0, 9.0))
+    assert Block.from_box(LayoutBox(22, "text", 0.5, (0, 0, 9, 9), polygon_points=polygon)).polygon == polygon
+
+
+def test_a_box_is_written_as_paddlex_writes_it() -> None:
+    plain = LayoutBox(22, "text", 0.98, (1.0, 2.0, 30.0, 40.0))
+    assert plain.as_paddlex() == {"cls_id": 22, "label": "text", "score": 0.98, "coordinate": [1.0, 2.0, 30.0, 40.0], "order": None}
+    polygon = LayoutBox(22, "text", 0.98, (0, 0, 9, 9), 2, ((0.0, 0.0), (9.0, 9.0))).as_paddlex()
+    assert polygon["order"] == 2 and polygon["polygon_points"] == [[0.0, 0.0], [9.0, 9.0]]
 
 
 def test_geometry_helpers() -> None:
@@ -341,12 +347,12 @@ def test_ink_bounds_match_paddlex_crop_margin(px, seed: int) -> None:
 
 def test_plan_assigns_tasks_pictures_and_hides_figures_in_tables() -> None:
     detected = [
-        b("doc_title", 10, 10, 390, 40),
-        b("table", 10, 50, 390, 300),
-        b("image", 20, 60, 100, 140),
-        b("display_formula", 10, 310, 390, 350),
-        b("chart", 10, 360, 200, 500),
-        b("text", 10, 510, 390, 590),
+        box("doc_title", 10, 10, 390, 40),
+        box("table", 10, 50, 390, 300),
+        box("image", 20, 60, 100, 140),
+        box("display_formula", 10, 310, 390, 350),
+        box("chart", 10, 360, 200, 500),
+        box("text", 10, 510, 390, 590),
     ]
     plan = plan_page(detected, PAGE, Recognition())
     kinds = [None if p.task is None else p.task.kind for p in plan.blocks]
@@ -371,13 +377,13 @@ def test_plan_assigns_tasks_pictures_and_hides_figures_in_tables() -> None:
 
 
 def test_plan_without_layout_detection_has_one_block_and_no_figures() -> None:
-    plan = plan_page([whole_page_block("seal", 400, 600)], PAGE, Recognition(seal=True), collect_figures=False)
+    plan = plan_page([whole_page_box("seal", 400, 600)], PAGE, Recognition(seal=True), collect_figures=False)
     assert plan.figures == () and plan.blocks[0].task is not None and plan.blocks[0].task.prompt == "Seal Recognition:"
     assert plan.blocks[0].picture == "imgs/img_in_seal_box_0_0_400_600.jpg"
 
 
 def test_spotting_task_upscales() -> None:
-    plan = plan_page([whole_page_block("spotting", 400, 600)], PAGE, Recognition(), collect_figures=False)
+    plan = plan_page([whole_page_box("spotting", 400, 600)], PAGE, Recognition(), collect_figures=False)
     assert plan.blocks[0].task is not None and plan.blocks[0].task.upscale and plan.blocks[0].task.prompt == "Spotting:"
 
 

@@ -9,19 +9,24 @@ from typing import Any
 
 import pytest
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
-    LayoutBox,
-    LayoutModelError,
+from pydantic import ValidationError
+
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox, LayoutModelError, layout_settings
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.model_dir import (
     LayoutModelSpec,
-    PaddlexLayoutDetector,
-    box_from_paddlex,
     choose_engine,
     inspect_model_dir,
     model_name_for,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
+    PaddlexLayoutDetector,
+    box_from_paddlex,
     predict_kwargs,
     to_bgr_array,
 )
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import PP_DOCLAYOUT_V2_LABELS, LayoutOptions
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import PP_DOCLAYOUT_V2_LABELS
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import LayoutOptions, OptionsError, layout_options
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
 
 TEXT, SEAL, TABLE, CHART, DOC_TITLE = (
     PP_DOCLAYOUT_V2_LABELS.index(name) for name in ("text", "seal", "table", "chart", "doc_title")
@@ -118,12 +123,21 @@ def test_unsupported_model_is_refused():
         model_name_for({}, "layout")
 
 
-# ---------------------------------------------------------------- options to predict kwargs
+# ---------------------------------------------------------------- request -> options -> engine keywords
+
+
+def req(**fields: Any) -> InferRequest:
+    return InferRequest.model_validate({"file": "x", **fields})
+
+
+def kwargs_for(model_name: str = "PP-DocLayoutV2", **fields: Any) -> dict[str, Any]:
+    """paddlex's keywords for a request's layout fields, through the one path a request takes."""
+    return predict_kwargs(layout_settings(layout_options(req(**fields), PP_DOCLAYOUT_V2_LABELS), model_name))
 
 
 def test_unset_options_get_paddleocr_vl_defaults():
-    kwargs = predict_kwargs(LayoutOptions())
-    assert kwargs == predict_kwargs(None)
+    kwargs = kwargs_for()
+    assert kwargs == predict_kwargs(layout_settings(None))
     threshold = kwargs["threshold"]
     assert isinstance(threshold, dict) and sorted(threshold) == list(range(25))
     assert threshold[TEXT] == 0.4 and threshold[DOC_TITLE] == 0.4
@@ -137,20 +151,20 @@ def test_unset_options_get_paddleocr_vl_defaults():
 
 
 def test_v3_default_threshold_is_flat():
-    assert predict_kwargs(None, "PP-DocLayoutV3")["threshold"] == 0.3
+    assert kwargs_for("PP-DocLayoutV3")["threshold"] == 0.3
 
 
 def test_defaults_are_fresh_copies():
-    kwargs = predict_kwargs(None)
+    kwargs = kwargs_for()
     kwargs["threshold"][TEXT] = 0.99
     kwargs["layout_merge_bboxes_mode"][TEXT] = "small"
-    again = predict_kwargs(None)
+    again = kwargs_for()
     assert again["threshold"][TEXT] == 0.4 and again["layout_merge_bboxes_mode"][TEXT] == "union"
 
 
 def test_numbers_get_the_types_paddlex_tests_for():
     # paddlex filters only with isinstance(threshold, float) and unclips only a float or a pair.
-    kwargs = predict_kwargs(LayoutOptions(threshold=0, unclip_ratio=1, merge_bboxes_mode="small", nms=False))
+    kwargs = kwargs_for(layoutThreshold=0, layoutUnclipRatio=1, layoutMergeBboxesMode="small", layoutNms=False)
     assert kwargs["threshold"] == 0.0 and type(kwargs["threshold"]) is float
     assert kwargs["layout_unclip_ratio"] == (1.0, 1.0)
     assert all(type(v) is float for v in kwargs["layout_unclip_ratio"])
@@ -159,35 +173,39 @@ def test_numbers_get_the_types_paddlex_tests_for():
 
 
 def test_per_class_keys_from_json_become_ints():
-    options = LayoutOptions(
-        threshold={"22": 0.3, "21": 1},
-        unclip_ratio={"3": 1.2, "21": [1.0, 1.5]},
-        merge_bboxes_mode={"5": "large"},
+    kwargs = kwargs_for(
+        layoutThreshold={"22": 0.3, "21": 1},
+        layoutUnclipRatio={"3": 1.2, "21": [1.0, 1.5]},
+        layoutMergeBboxesMode={"5": "large", "text": "small"},
     )
-    kwargs = predict_kwargs(options)
     assert kwargs["threshold"] == {22: 0.3, 21: 1.0}
     assert all(type(k) is int and type(v) is float for k, v in kwargs["threshold"].items())
     assert kwargs["layout_unclip_ratio"] == {3: (1.2, 1.2), 21: (1.0, 1.5)}
-    assert kwargs["layout_merge_bboxes_mode"] == {5: "large"}
+    assert kwargs["layout_merge_bboxes_mode"] == {5: "large", TEXT: "small"}
 
 
 def test_shape_mode_is_passed_through():
-    assert predict_kwargs(LayoutOptions(shape_mode="poly"), "PP-DocLayoutV3")["layout_shape_mode"] == "poly"
+    assert kwargs_for("PP-DocLayoutV3", layoutShapeMode="poly")["layout_shape_mode"] == "poly"
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("fields", "message"),
     [
-        (LayoutOptions(merge_bboxes_mode="biggest"), "merge mode"),
-        (LayoutOptions(merge_bboxes_mode={"3": "biggest"}), "merge mode"),
-        (LayoutOptions(threshold={"text": 0.3}), "class ids"),
-        (LayoutOptions(unclip_ratio=[1.0, 1.0, 1.0]), "two numbers"),
-        (LayoutOptions(shape_mode="circle"), "shape mode"),
+        ({"layoutMergeBboxesMode": "biggest"}, "layoutMergeBboxesMode"),
+        ({"layoutMergeBboxesMode": {"3": "biggest"}}, "layoutMergeBboxesMode"),
+        ({"layoutUnclipRatio": [1.0, 1.0, 1.0]}, "layoutUnclipRatio"),
+        ({"layoutShapeMode": "circle"}, "layoutShapeMode"),
+        ({"layoutThreshold": 1.5}, "between 0 and 1"),
     ],
 )
-def test_invalid_options_are_refused(options, message):
-    with pytest.raises(ValueError, match=message):
-        predict_kwargs(options)
+def test_invalid_values_are_refused_where_the_request_is_read(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        req(**fields)
+
+
+def test_class_names_need_the_models_labels():
+    with pytest.raises(OptionsError, match="keys must be class ids; got: 'text'"):
+        layout_options(req(layoutThreshold={"text": 0.3}))
 
 
 # ---------------------------------------------------------------- results and images
@@ -268,7 +286,7 @@ def test_detect_sends_bgr_pages_and_mapped_options():
     from PIL import Image
 
     detector, model = recording_detector("PP-DocLayoutV3")
-    boxes = detector.detect(Image.new("RGB", (30, 20), (255, 0, 0)), LayoutOptions(threshold={"22": 0.6}))
+    boxes = detector.detect(Image.new("RGB", (30, 20), (255, 0, 0)), LayoutOptions(threshold={22: 0.6}))
     assert boxes == [LayoutBox(22, "text", 0.9, (0, 0, 30, 20), 1)]
     (images, kwargs), = model.calls
     assert len(images) == 1 and images[0].shape == (20, 30, 3)

@@ -8,22 +8,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import ParsedBlock, picture_path
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import DEFAULT_MARKDOWN_IGNORE_LABELS
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.output.markdown import (
-    DEFAULT_MARKDOWN_IGNORE_LABELS,
     MarkdownStyle,
-    blocks_from_pruned,
     chart_table_html,
-    concatenated_pruned,
     formula_with_number,
+    page_markdown,
+    title_markdown,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.output.pruned import (
+    blocks_from_pruned,
+    concatenated_pruned,
+    pruned_result,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.output.restructuring import (
     height_levels,
     merge_tables_across_pages,
     numbering_level,
-    page_markdown,
-    pruned_result,
     restructure_pages,
     title_levels,
     title_line_height,
-    title_markdown,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import page_options
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.prompts import Recognition

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import (
+from pydantic import ValidationError
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import (
     PP_DOCLAYOUT_V2_LABELS,
     V2_DEFAULT_MERGE_BBOXES_MODE,
     V2_DEFAULT_THRESHOLD,
+)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import (
     OptionsError,
     layout_options,
     page_options,
@@ -159,22 +162,31 @@ def test_unknown_extra_args_are_ignored_and_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "field"),
+    "extra",
     [
-        ({"temperature": -1}, "vlmExtraArgs.temperature"),
-        ({"top_p": 0}, "vlmExtraArgs.top_p"),
-        ({"repetition_penalty": "high"}, "vlmExtraArgs.repetition_penalty"),
-        ({"max_new_tokens": 1.5}, "vlmExtraArgs.max_new_tokens"),
-        ({"table_min_pixels": 0}, "vlmExtraArgs.table_min_pixels"),
-        ({"seal_min_pixels": 5000, "seal_max_pixels": 100}, "vlmExtraArgs"),
+        {"temperature": -1},
+        {"top_p": 0},
+        {"repetition_penalty": "high"},
+        {"max_new_tokens": 1.5},
+        {"max_new_tokens": True},
+        {"table_min_pixels": 0},
     ],
 )
-def test_bad_extra_args_name_the_key(extra: dict, field: str) -> None:
+def test_bad_extra_args_are_refused_where_the_request_is_read(extra: dict) -> None:
+    with pytest.raises(ValidationError) as info:
+        req(vlmExtraArgs=extra)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("vlmExtraArgs", next(iter(extra)))
+
+
+def test_pixel_ranges_that_cross_name_the_field() -> None:
     with pytest.raises(OptionsError) as info:
-        vlm_options(req(vlmExtraArgs=extra))
-    assert info.value.field == field
-    assert info.value.error_dict()["loc"] == f"body.{field}"
-    assert info.value.error_dict()["msg"].startswith("Value error, ")
+        vlm_options(req(vlmExtraArgs={"seal_min_pixels": 5000, "seal_max_pixels": 100}))
+    assert info.value.error_dict()["loc"] == "body.vlmExtraArgs"
+    assert info.value.error_dict()["msg"].startswith("Value error, minimum pixels (5000) for seal blocks")
+    with pytest.raises(OptionsError) as info:
+        vlm_options(req(minPixels=5000, maxPixels=5000, vlmExtraArgs={"table_max_pixels": 100}))
+    assert info.value.field == "vlmExtraArgs"
 
 
 # ---------------------------------------------------------------- page

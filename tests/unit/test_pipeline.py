@@ -6,6 +6,7 @@ The VLM is a small real HTTP server on loopback and the detector returns fixed b
 import asyncio
 import base64
 import io
+import json
 import threading
 
 import pytest
@@ -19,13 +20,11 @@ from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.errors import InputError, Up
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.inputs import InputLimits, open_document
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.metrics import ProxyMetrics
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.options import request_options
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pipeline import (
-    DetectionError,
-    LayoutPipeline,
-    draw_layout,
-    jpeg_base64,
-    restructure_pruned_pages,
-)
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pages import DetectionError
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.pipeline import LayoutPipeline
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.drawing import draw_layout, jpeg_base64
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.endpoints.restructure_pages import restructure_pruned_pages
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import InferRequest
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.vlm_client import VlmClient
 
@@ -145,7 +144,7 @@ def test_spotting_keeps_special_tokens_and_reports_locations():
     assert body["mm_processor_kwargs"] == {"min_pixels": 112896, "max_pixels": 1605632}
     sent = decoded(body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1])
     assert sent.size == (800, 600)  # small pages are doubled before spotting
-    pruned = page.result["prunedResult"]
+    pruned = json.loads(json.dumps(page.result["prunedResult"]))  # as the client reads it
     assert pruned["parsing_res_list"][0]["block_content"] == "Hi"
     assert pruned["spotting_res"]["rec_texts"] == ["Hi"]
     assert pruned["spotting_res"]["rec_polys"][0][2] == [200.0, 150.0]
@@ -264,15 +263,13 @@ def test_returned_pictures_fit_2000_by_2000_as_jpeg():
 
 def test_layout_drawing_marks_every_box():
     page = Image.new("RGB", (200, 200), "white")
-    drawn = draw_layout(page, [{"label": "text", "score": 0.9, "coordinate": [20, 50, 180, 150]}])
+    drawn = draw_layout(page, [LayoutBox(22, "text", 0.9, (20, 50, 180, 150))])
     assert drawn.getpixel((20, 100)) != (255, 255, 255)
     assert drawn.getpixel((100, 100)) == (255, 255, 255)
     assert page.getpixel((20, 100)) == (255, 255, 255)  # the page itself is untouched
 
 
 def test_polygon_boxes_are_cropped_and_reported_as_lists():
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
-
     class PolygonDetector:
         labels = ()
 
@@ -346,8 +343,6 @@ def test_restructured_pages_keep_what_they_do_not_read():
 
 
 def test_a_hairline_block_is_padded_to_a_shape_vllm_accepts():
-    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import LayoutBox
-
     class HairlineDetector:
         labels = ()
 

@@ -14,8 +14,9 @@ import httpx
 from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, png_bytes
 from tests.fixtures.fake_layout import FakeDetector, load_paddlex_serving_schema, paddlex_result_response
 from tests.fixtures.fake_vllm import FakeVllm, prompt_of, serve_on_loopback
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import ProxySettings
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import UpstreamState, create_app, drain
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import create_app
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.state import UpstreamState
+from vllm_paddle_ocr.plugin.records import ProxySettings
 
 PNG = base64.b64encode(png_bytes(make_page_image(600, 800))).decode()
 
@@ -351,15 +352,18 @@ def test_a_client_that_disconnects_frees_its_vlm_slots():
                 break
             await asyncio.sleep(0.02)
         request.cancel()
-        vlm = app.state.vlm
         for _ in range(200):
-            if vlm.slots.in_use == 0 and vlm.slots.waiting == 0 and state.in_flight == 0:
+            health = (await client.get("/health")).json()
+            if health["vlmQueueDepth"] == 0 and health["inFlight"] == 0:
                 break
             await asyncio.sleep(0.02)
-        metrics = app.state.metrics
-        return vlm.slots.in_use, vlm.slots.waiting, metrics.errors.labels(kind="disconnected")._value.get()
+        text = (await client.get("/metrics")).text
+        return health["vlmQueueDepth"], health["inFlight"], text
 
-    assert scenario(check, fake=FakeVllm(answer=slow)) == (0, 0, 1)
+    queued, in_flight, text = scenario(check, fake=FakeVllm(answer=slow))
+    assert (queued, in_flight) == (0, 0)
+    assert "vllm_paddle_ocr_proxy_vlm_in_flight 0.0" in text  # its block requests were let go
+    assert 'vllm_paddle_ocr_proxy_errors_total{kind="disconnected"} 1.0' in text
 
 
 # ---------------------------------------------------------------- health, metrics, docs, drain
@@ -416,7 +420,7 @@ def test_openapi_documents_the_paddlex_endpoints():
     assert docs.status_code == 200 and "/openapi.json" in docs.text
 
 
-def test_drain_refuses_new_work_and_waits_for_work_in_flight():
+def test_draining_refuses_new_work_and_lets_work_in_flight_finish():
     fake = FakeVllm(answer=answer_by_prompt, delay_s=0.3)
 
     async def check(client, fake, state, app):
@@ -424,12 +428,14 @@ def test_drain_refuses_new_work_and_waits_for_work_in_flight():
         slow = asyncio.create_task(client.post("/v1/chat/completions", json=body))
         while not fake.in_flight:
             await asyncio.sleep(0.01)
-        drained = asyncio.create_task(drain(state, 10))
-        await asyncio.sleep(0)
+        state.mark_draining()  # what the supervisor does on SIGTERM, before uvicorn's graceful shutdown
         refused = await client.get("/v1/models")
-        return (await slow).status_code, refused.status_code, await drained
+        parse = await client.post("/layout-parsing", json={"file": PNG, "fileType": 1})
+        return (await slow).status_code, refused.status_code, parse.status_code, parse.json()["errorMsg"]
 
-    assert scenario(check, fake=fake) == (200, 503, True)
+    finished, refused, parse, message = scenario(check, fake=fake)
+    assert (finished, refused, parse) == (200, 503, 503)
+    assert "shutting down" in message
 
 
 # ---------------------------------------------------------------- HTTP/1.1 framing towards the upstream

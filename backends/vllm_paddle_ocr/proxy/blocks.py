@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .layout.base import LayoutBox
 from .recognition.prompts import PROMPTS, Kind, Recognition, kind_for_label
 
 BBox = tuple[int, int, int, int]
@@ -51,6 +52,19 @@ class Block:
     polygon: tuple[Point, ...] | None = None
     group_id: int | None = None
 
+    @classmethod
+    def from_box(cls, box: LayoutBox) -> Block:
+        """A block from a detector's box: its integer box and what the detector said of it."""
+        x1, y1, x2, y2 = (int(v) for v in box.coordinate)
+        return cls(
+            label=box.label,
+            bbox=(x1, y1, x2, y2),
+            score=box.score,
+            cls_id=box.cls_id,
+            order=box.order,
+            polygon=box.polygon_points,
+        )
+
     @property
     def width(self) -> int:
         return self.bbox[2] - self.bbox[0]
@@ -58,31 +72,6 @@ class Block:
     @property
     def height(self) -> int:
         return self.bbox[3] - self.bbox[1]
-
-
-def block_from_box(box: Mapping[str, Any]) -> Block:
-    """A Block from one of paddlex's layout boxes (``label``, ``coordinate``, ``score``...)."""
-    x1, y1, x2, y2 = (int(v) for v in box["coordinate"])
-    polygon = box.get("polygon_points")
-    return Block(
-        label=str(box["label"]),
-        bbox=(x1, y1, x2, y2),
-        score=float(box.get("score", 1.0)),
-        cls_id=None if box.get("cls_id") is None else int(box["cls_id"]),
-        order=box.get("order"),
-        polygon=None if polygon is None else tuple((_number(p[0]), _number(p[1])) for p in polygon),
-    )
-
-
-def _number(value: Any) -> float:
-    """A plain Python number (numpy scalars unwrapped), integers kept as integers."""
-    value = value.item() if hasattr(value, "item") else value
-    return value if isinstance(value, int) else float(value)
-
-
-def whole_page_block(label: str, width: int, height: int) -> Block:
-    """The single block used when layout detection is off."""
-    return Block(label=label, bbox=(0, 0, width, height), score=1.0, cls_id=0)
 
 
 # ---------------------------------------------------------------- geometry
@@ -540,7 +529,7 @@ class PagePlan:
 
 
 def plan_page(
-    detected: Sequence[Block],
+    boxes: Sequence[LayoutBox],
     page_size: tuple[int, int],
     recognition: Recognition,
     *,
@@ -549,10 +538,11 @@ def plan_page(
     polygon_overlap: PolygonOverlap | None = None,
     collect_figures: bool = True,
 ) -> PagePlan:
-    """Filter, merge and plan one page's blocks (``detected`` in the detector's reading order).
+    """Filter, merge and plan one page's blocks from the detector's boxes, in its reading order.
 
-    ``collect_figures`` is False when layout detection is off (the page is one block, no figures).
+    ``collect_figures`` is False when layout detection is off (the page is one box, no figures).
     """
+    detected = [Block.from_box(box) for box in boxes]
     figures = page_figures(detected, page_size) if collect_figures else []
     kept = filter_overlaps(detected, use_polygons=use_polygons, polygon_overlap=polygon_overlap)
     if merge_layout_blocks:

@@ -1,59 +1,41 @@
-"""A ``/layout-parsing`` request turned into the options of each stage.
+"""A ``/layout-parsing`` request turned into the options of each stage, in one pass after the schema.
 
-Three groups: layout detection (passed to paddlex's layout model), VLM generation (the body of
-each chat completion sent to vLLM) and page assembly (markdown and ``prunedResult``). Values a
-schema cannot check (dict keys, ``vlmExtraArgs``, combinations) are checked here and reported as
-:class:`OptionsError`, which names the field and what it accepts.
+Three groups: layout detection (what a layout engine runs with), VLM generation (the body of each
+chat completion sent to vLLM) and page assembly (markdown and ``prunedResult``). The schema
+(`protocol.InferRequest`) has checked every value's type and range; what it cannot know is checked
+here, once: class ids against the layout model's labels, features the served model lacks, and
+ranges that combine several fields. Such a value is an :class:`OptionsError`, which names the field
+and what it accepts. Engines only fill in defaults.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 
-from .output.markdown import DEFAULT_MARKDOWN_IGNORE_LABELS
-from .recognition.prompts import Kind, PromptLabelError, Recognition, check_prompt_label, has_v15_prompts, recognition_for_prompt_label
-from .protocol import MERGE_BBOXES_MODES, InferRequest
-
-# PP-DocLayoutV2 class ids, in order (PP-DocLayoutV3 numbers its classes differently).
-PP_DOCLAYOUT_V2_LABELS: tuple[str, ...] = (
-    "abstract", "algorithm", "aside_text", "chart", "content", "display_formula", "doc_title",
-    "figure_title", "footer", "footer_image", "footnote", "formula_number", "header",
-    "header_image", "image", "inline_formula", "number", "paragraph_title", "reference",
-    "reference_content", "seal", "table", "text", "vertical_text", "vision_footnote",
-)  # fmt: skip
-
-# PaddleX's pipeline configuration for PaddleOCR-VL (PP-DocLayoutV2), used when a request sets nothing.
-_LOWER_THRESHOLD = {"display_formula": 0.4, "doc_title": 0.4, "inline_formula": 0.4,
-                    "paragraph_title": 0.4, "text": 0.4, "vertical_text": 0.4, "seal": 0.45}  # fmt: skip
-_LARGE_MERGE = {"chart", "display_formula", "doc_title", "inline_formula", "paragraph_title"}
-V2_DEFAULT_THRESHOLD: dict[int, float] = {
-    i: _LOWER_THRESHOLD.get(label, 0.5) for i, label in enumerate(PP_DOCLAYOUT_V2_LABELS)
-}
-V2_DEFAULT_MERGE_BBOXES_MODE: dict[int, str] = {
-    i: "large" if label in _LARGE_MERGE else "union" for i, label in enumerate(PP_DOCLAYOUT_V2_LABELS)
-}
-V3_DEFAULT_THRESHOLD = 0.3  # PaddleOCR-VL 1.5/1.6 with PP-DocLayoutV3
-DEFAULT_UNCLIP_RATIO: tuple[float, float] = (1.0, 1.0)
-DEFAULT_LAYOUT_NMS = True
-
-# Generation defaults PaddleX uses against an OpenAI-compatible vLLM server.
-DEFAULT_TEMPERATURE = 0.0
-DEFAULT_MAX_NEW_TOKENS = 4096
-DEFAULT_MIN_PIXELS = 112896
-DEFAULT_MAX_PIXELS = 1003520
-SPOTTING_PIXELS: tuple[int, int] = (112896, 1605632)
-PIXEL_KINDS: tuple[str, ...] = ("ocr", "table", "chart", "formula", "seal")
-
-
-# vlmExtraArgs keys PaddleX acts on; anything else it silently ignores (and so do we).
-EXTRA_ARG_KEYS: frozenset[str] = frozenset(
-    {"min_pixels", "max_pixels", "temperature", "top_p", "repetition_penalty", "max_new_tokens"}
-    | {f"{kind}_{bound}_pixels" for kind in PIXEL_KINDS for bound in ("min", "max")}
+from ..recipe import (
+    DEFAULT_MARKDOWN_IGNORE_LABELS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    DEFAULT_TEMPERATURE,
+    SPOTTING_PIXELS,
 )
+from .protocol import InferRequest
+from .recognition.prompts import (
+    Kind,
+    PromptLabelError,
+    Recognition,
+    check_prompt_label,
+    has_v15_prompts,
+    recognition_for_prompt_label,
+)
+
+PIXEL_KINDS: tuple[str, ...] = ("ocr", "table", "chart", "formula", "seal")
+T = TypeVar("T")
 
 
 class OptionsError(VllmPaddleOcrError):
@@ -73,7 +55,7 @@ class OptionsError(VllmPaddleOcrError):
 
 @dataclass(frozen=True)
 class LayoutOptions:
-    """Layout detection settings; None means PaddleOCR-VL's default (see layout_detector.predict_kwargs)."""
+    """Layout detection settings a request gave; None means PaddleOCR-VL's default (see layout.base)."""
 
     threshold: float | dict[int, float] | None = None
     nms: bool | None = None
@@ -99,16 +81,20 @@ def _class_id(field_name: str, key: Any, labels: Sequence[str]) -> int:
     return class_id
 
 
-def _ratio_pair(field_name: str, value: Any) -> tuple[float, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        pair = (float(value), float(value))
-    elif isinstance(value, (list, tuple)) and len(value) == 2:
-        pair = (float(value[0]), float(value[1]))
-    else:
-        raise OptionsError(field_name, f"`{field_name}` must be a number or two numbers; got: {value!r}")
-    if pair[0] <= 0 or pair[1] <= 0:
-        raise OptionsError(field_name, f"`{field_name}` must be > 0; got: {value!r}")
-    return pair
+def _ratio_pair(value: Any) -> tuple[float, float]:
+    """An unclip ratio as a (width, height) pair: one number stands for both."""
+    if isinstance(value, (list, tuple)):
+        return (float(value[0]), float(value[1]))
+    return (float(value), float(value))
+
+
+def _per_class(field_name: str, value: Any, convert: Any, labels: Sequence[str]) -> Any:
+    """A layout option as engines take it: None, one converted value, or converted values by class id."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {_class_id(field_name, k, labels): convert(v) for k, v in value.items()}
+    return convert(value)
 
 
 def layout_options(request: InferRequest, labels: Sequence[str] = ()) -> LayoutOptions:
@@ -117,35 +103,13 @@ def layout_options(request: InferRequest, labels: Sequence[str] = ()) -> LayoutO
     ``labels`` are the layout model's classes in id order (e.g. PP_DOCLAYOUT_V2_LABELS): keys may
     then name a label and ids are range-checked; with () any non-negative id is accepted.
     """
-    threshold: float | dict[int, float] | None = None
-    if isinstance(request.layoutThreshold, dict):
-        threshold = {_class_id("layoutThreshold", k, labels): float(v) for k, v in request.layoutThreshold.items()}
-    elif request.layoutThreshold is not None:
-        threshold = float(request.layoutThreshold)
-
-    unclip: tuple[float, float] | dict[int, tuple[float, float]] | None = None
-    if isinstance(request.layoutUnclipRatio, dict):
-        unclip = {
-            _class_id("layoutUnclipRatio", k, labels): _ratio_pair("layoutUnclipRatio", v)
-            for k, v in request.layoutUnclipRatio.items()
-        }
-    elif request.layoutUnclipRatio is not None:
-        unclip = _ratio_pair("layoutUnclipRatio", request.layoutUnclipRatio)
-
-    merge: str | dict[int, str] | None = None
-    if isinstance(request.layoutMergeBboxesMode, dict):
-        merge = {}
-        for k, v in request.layoutMergeBboxesMode.items():
-            if v not in MERGE_BBOXES_MODES:
-                raise OptionsError(
-                    "layoutMergeBboxesMode",
-                    f"`layoutMergeBboxesMode` values must be one of: {', '.join(MERGE_BBOXES_MODES)}; got: {v!r}",
-                )
-            merge[_class_id("layoutMergeBboxesMode", k, labels)] = v
-    elif request.layoutMergeBboxesMode is not None:
-        merge = request.layoutMergeBboxesMode
-
-    return LayoutOptions(threshold, request.layoutNms, unclip, merge, request.layoutShapeMode)
+    return LayoutOptions(
+        threshold=_per_class("layoutThreshold", request.layoutThreshold, float, labels),
+        nms=request.layoutNms,
+        unclip_ratio=_per_class("layoutUnclipRatio", request.layoutUnclipRatio, _ratio_pair, labels),
+        merge_bboxes_mode=_per_class("layoutMergeBboxesMode", request.layoutMergeBboxesMode, str, labels),
+        shape_mode=request.layoutShapeMode,
+    )
 
 
 # ---------------------------------------------------------------- VLM generation
@@ -206,56 +170,35 @@ def skip_special_tokens_for(kinds: Iterable[str]) -> bool:
     return "spotting" not in set(kinds)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise OptionsError(name, f"`{name}` must be a positive integer; got: {value!r}")
-    return value
-
-
-def _number(name: str, value: Any, *, low: float, low_ok: bool, high: float | None = None) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value >= low if low_ok else value > low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if high is not None else "")
-        raise OptionsError(name, f"`{name}` must be a number {bound}; got: {value!r}")
-    return float(value)
-
-
 def vlm_options(request: InferRequest) -> VlmOptions:
     """Generation settings: request fields, then ``vlmExtraArgs`` on top (PaddleX's precedence)."""
-    extra = dict(request.vlmExtraArgs or {})
-    ignored = tuple(sorted(k for k in extra if k not in EXTRA_ARG_KEYS))
-    extra = {k: v for k, v in extra.items() if k in EXTRA_ARG_KEYS and v is not None}
+    extra = request.vlmExtraArgs
+    given = extra.model_dump(exclude_none=True) if extra is not None else {}
+    ignored = tuple(sorted((extra.model_extra or {}) if extra is not None else ()))
 
-    def pick(key: str, own: Any) -> tuple[str, Any]:
-        return (f"vlmExtraArgs.{key}", extra[key]) if key in extra else (key, own)
+    def pick(key: str, own: T | None, default: T) -> T:
+        value = given.get(key, own)
+        return default if value is None else value
 
-    name, value = pick("temperature", request.temperature)
-    temperature = DEFAULT_TEMPERATURE if value is None else _number(name, value, low=0, low_ok=True)
-    name, value = pick("top_p", request.topP)
-    top_p = None if value is None else _number(name, value, low=0, low_ok=False, high=1)
-    name, value = pick("repetition_penalty", request.repetitionPenalty)
-    repetition_penalty = None if value is None else _number(name, value, low=0, low_ok=False)
-    name, value = pick("max_new_tokens", request.maxNewTokens)
-    max_tokens = DEFAULT_MAX_NEW_TOKENS if value is None else _positive_int(name, value)
-
-    name, value = pick("min_pixels", request.minPixels)
-    base_min = DEFAULT_MIN_PIXELS if value is None else _positive_int(name, value)
-    name, value = pick("max_pixels", request.maxPixels)
-    base_max = DEFAULT_MAX_PIXELS if value is None else _positive_int(name, value)
+    base = (pick("min_pixels", request.minPixels, DEFAULT_MIN_PIXELS), pick("max_pixels", request.maxPixels, DEFAULT_MAX_PIXELS))
     pixels: dict[str, tuple[int, int]] = {}
     for kind in PIXEL_KINDS:
-        low_key, high_key = f"{kind}_min_pixels", f"{kind}_max_pixels"
-        low = _positive_int(f"vlmExtraArgs.{low_key}", extra[low_key]) if low_key in extra else base_min
-        high = _positive_int(f"vlmExtraArgs.{high_key}", extra[high_key]) if high_key in extra else base_max
+        low, high = given.get(f"{kind}_min_pixels", base[0]), given.get(f"{kind}_max_pixels", base[1])
         if low > high:
+            per_kind = f"{kind}_min_pixels" in given or f"{kind}_max_pixels" in given
             raise OptionsError(
-                "vlmExtraArgs" if (low_key in extra or high_key in extra) else "minPixels",
+                "vlmExtraArgs" if per_kind or "min_pixels" in given or "max_pixels" in given else "minPixels",
                 f"minimum pixels ({low}) for {kind} blocks cannot be greater than the maximum ({high})",
             )
         pixels[kind] = (low, high)
-    return VlmOptions(temperature, max_tokens, top_p, repetition_penalty, pixels, ignored)
+    return VlmOptions(
+        temperature=pick("temperature", request.temperature, DEFAULT_TEMPERATURE),
+        max_completion_tokens=pick("max_new_tokens", request.maxNewTokens, DEFAULT_MAX_NEW_TOKENS),
+        top_p=given.get("top_p", request.topP),
+        repetition_penalty=given.get("repetition_penalty", request.repetitionPenalty),
+        pixels=pixels,
+        ignored_extra_args=ignored,
+    )
 
 
 # ---------------------------------------------------------------- page assembly

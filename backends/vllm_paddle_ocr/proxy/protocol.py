@@ -7,21 +7,22 @@ PaddleX does (values inside ``prunedResult``, a plain dict, keep their nulls).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..recipe import MERGE_BBOXES_MODES
 from .recognition.prompts import PROMPT_LABELS
 
 INFER_ENDPOINT = "/layout-parsing"
 RESTRUCTURE_PAGES_ENDPOINT = "/restructure-pages"
 
-MERGE_BBOXES_MODES: tuple[str, ...] = ("large", "small", "union")
-SHAPE_MODES: tuple[str, ...] = ("rect", "quad", "poly", "auto")
 OUTPUT_FORMATS: tuple[str, ...] = ("docx",)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 FileType = Literal[0, 1]
+# vlmExtraArgs is an untyped dict on the wire: its values are held to real numbers (no strings, no booleans).
+_Pixels = Optional[Annotated[int, Field(gt=0, strict=True)]]
 
 
 def _check_output_formats(formats: list[str] | None) -> list[str] | None:
@@ -42,6 +43,29 @@ class _OutputFormats(BaseModel):
     @classmethod
     def _formats(cls, v: list[str] | None) -> list[str] | None:
         return _check_output_formats(v)
+
+
+class VlmExtraArgs(BaseModel):
+    """``vlmExtraArgs``: the generation settings PaddleX acts on; other keys are kept and ignored, as PaddleX does."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: Optional[Annotated[float, Field(ge=0, strict=True)]] = None
+    top_p: Optional[Annotated[float, Field(gt=0, le=1, strict=True)]] = None
+    repetition_penalty: Optional[Annotated[float, Field(gt=0, strict=True)]] = None
+    max_new_tokens: Optional[Annotated[int, Field(gt=0, strict=True)]] = None
+    min_pixels: _Pixels = None
+    max_pixels: _Pixels = None
+    ocr_min_pixels: _Pixels = None
+    ocr_max_pixels: _Pixels = None
+    table_min_pixels: _Pixels = None
+    table_max_pixels: _Pixels = None
+    chart_min_pixels: _Pixels = None
+    chart_max_pixels: _Pixels = None
+    formula_min_pixels: _Pixels = None
+    formula_max_pixels: _Pixels = None
+    seal_min_pixels: _Pixels = None
+    seal_max_pixels: _Pixels = None
 
 
 class InferRequest(_OutputFormats):
@@ -70,7 +94,7 @@ class InferRequest(_OutputFormats):
     maxNewTokens: PositiveInt | None = None
     mergeLayoutBlocks: bool | None = None
     markdownIgnoreLabels: list[str] | None = None
-    vlmExtraArgs: dict | None = None
+    vlmExtraArgs: VlmExtraArgs | None = None
     prettifyMarkdown: bool = True
     showFormulaNumber: bool = False
     returnMarkdownImages: bool = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 
@@ -15,7 +14,6 @@ class UpstreamState:
         self.draining = False
         self.detector = detector
         self._in_flight = 0
-        self._idle: asyncio.Event | None = None
 
     def mark_ready(self) -> None:
         """vLLM answered its warm-up request: start passing requests through."""
@@ -54,7 +52,7 @@ class UpstreamState:
             return "failed"
         return "ready" if self.ready else "starting"
 
-    # -- in-flight accounting for a graceful drain --------------------------------------------
+    # -- in-flight accounting, reported by /health ---------------------------------------------
     @property
     def in_flight(self) -> int:
         """Requests (passthrough and PaddleX endpoints) being answered now."""
@@ -67,18 +65,3 @@ class UpstreamState:
     def leave(self) -> None:
         """A request ended."""
         self._in_flight -= 1
-        if self._in_flight == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no request is in flight (True) or the timeout passes (False)."""
-        if self._in_flight == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            self._idle = None

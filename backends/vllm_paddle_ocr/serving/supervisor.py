@@ -190,6 +190,11 @@ class Supervisor:
             f"(--ready-timeout). Its last lines:\n{self.last_lines()}"
         )
 
+    async def start_up(self) -> Any:
+        """vLLM's warm-up and the layout model's load, side by side; the first failure ends both."""
+        _, detector = await asyncio.gather(self.wait_ready(), asyncio.to_thread(_load_detector, self.plan))
+        return detector
+
     # -- lifecycle ------------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
         """SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then end vLLM."""
@@ -254,15 +259,13 @@ async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -
         # vLLM first: its start-up hook (preexec_fn) is only safe while this process has no other threads.
         await sup.start_vllm()
         sup.spawn(sup.watch_vllm())
-        # The layout model loads while vLLM warms up; whichever fails first ends the start.
-        startup = sup.spawn(asyncio.gather(sup.wait_ready(), asyncio.to_thread(_load_detector, plan)))
+        startup = sup.spawn(sup.start_up())
         stop = sup.spawn(sup.stopping.wait())
         await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not startup.done():
             startup.cancel()
         else:
-            _, detector = startup.result()  # raises the start-up's error
-            sup.state.attach_detector(detector)
+            sup.state.attach_detector(startup.result())  # raises the start-up's error
             sup.state.mark_ready()
             log.info("ready: proxy on http://%s:%s, vLLM on %s", plan.proxy.host, plan.proxy.port, plan.proxy.upstream_url)
             if on_ready is not None:

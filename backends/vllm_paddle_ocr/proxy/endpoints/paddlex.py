@@ -1,0 +1,167 @@
+"""What every PaddleX endpoint shares: its answer envelope, the body read under a limit, and its errors.
+
+An endpoint subclasses `PaddlexEndpoint` and writes `handle`; `answer` (the route's callable) counts
+the request, cancels its work when the client goes away, and turns every failure into PaddleX's
+error shape: a `ProxyError` with its status, anything else a logged 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, AsyncIterator, Optional
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import (
+    INTERNAL_ERROR_MESSAGE,
+    InputError,
+    LimitExceeded,
+    ProxyError,
+    UpstreamError,
+    error_response,
+    validation_message,
+)
+from ..metrics import ProxyMetrics
+from ..state import UpstreamState
+
+log = logging.getLogger("vllm_paddle_ocr.proxy")
+
+_ERROR_KINDS = {InputError: "input", LimitExceeded: "limit", UpstreamError: "upstream"}
+
+
+class RequestContext:
+    """What an endpoint learns while it answers: the request's logId once read, and when its body was read."""
+
+    def __init__(self) -> None:
+        self.log_id: Optional[str] = None
+        self.body_read = asyncio.Event()
+
+
+class PaddlexEndpoint:
+    """One PaddleX endpoint: `handle` does its work, `answer` wraps it in PaddleX's envelope."""
+
+    path: str
+
+    def __init__(self, state: UpstreamState, metrics: ProxyMetrics, max_body_bytes: int) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request, context: RequestContext) -> Response:
+        """The endpoint's own work; raise a ProxyError for an answer in PaddleX's error shape."""
+        raise NotImplementedError
+
+    async def answer(self, request: Request) -> Response:
+        """The route: handle the request, cancel on disconnect, count it, and never leak a traceback."""
+        started = time.monotonic()
+        context = RequestContext()
+        self.metrics.in_progress.inc()
+        self.state.enter()
+        try:
+            async with _cancel_on_disconnect(request, context.body_read) as gone:
+                try:
+                    response = await self.handle(request, context)
+                except ProxyError as exc:
+                    self.metrics.errors.labels(kind=_ERROR_KINDS.get(type(exc), "other")).inc()
+                    if exc.status_code >= 500:
+                        log.warning("%s failed (%d): %s", self.path, exc.status_code, exc.message)
+                    response = error_response(exc.status_code, exc.message, context.log_id)
+                except asyncio.CancelledError:
+                    if not gone.is_set():
+                        raise
+                    log.info("%s: client disconnected; its work was cancelled", self.path)
+                    self.metrics.errors.labels(kind="disconnected").inc()
+                    response = error_response(499, "Client closed the request", context.log_id)
+                except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered as PaddleX does
+                    log.exception("%s: unexpected error", self.path)
+                    self.metrics.errors.labels(kind="internal").inc()
+                    response = error_response(500, INTERNAL_ERROR_MESSAGE, context.log_id)
+        finally:
+            self.state.leave()
+            self.metrics.in_progress.dec()
+        self.metrics.requests.labels(endpoint=self.path, status=str(response.status_code)).inc()
+        self.metrics.request_seconds.labels(endpoint=self.path).observe(time.monotonic() - started)
+        return response
+
+    async def read_json(self, request: Request, context: RequestContext) -> Any:
+        """The JSON body, read no further than --max-body-size; the logId noted for error answers."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise LimitExceeded(_body_too_big(int(declared), limit))
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise LimitExceeded(_body_too_big(size, limit, at_least=True))
+            chunks.append(chunk)
+        context.body_read.set()
+        body = b"".join(chunks)
+        try:
+            payload = json.loads(body) if size < 1 << 20 else await asyncio.to_thread(json.loads, body)
+        except ValueError as exc:
+            position = getattr(exc, "pos", 0)
+            errors = [{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error"}]
+            raise InputError(validation_message(errors, prefix=())) from None
+        if isinstance(payload, dict) and isinstance(payload.get("logId"), str):
+            context.log_id = payload["logId"]
+        return payload
+
+    def ensure_upstream(self) -> None:
+        """503 while vLLM cannot take work (starting, failed, draining)."""
+        reason = self.state.unavailable_reason()
+        if reason is not None:
+            raise UpstreamError(f"Service unavailable: {reason}", status_code=503)
+
+
+def validate(model: type[pydantic.BaseModel], payload: Any) -> Any:
+    """The payload as the endpoint's request model, or a 422 listing what is wrong, as PaddleX does."""
+    try:
+        return model.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        raise InputError(validation_message(exc.errors())) from None
+
+
+def json_response(answer: dict[str, Any]) -> bytes:
+    """A success answer's bytes: compact JSON, non-ASCII text kept as it is."""
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _body_too_big(size: int, limit: int, *, at_least: bool = False) -> str:
+    amount = f"at least {size}" if at_least else str(size)
+    return (
+        f"Request body is {amount} bytes; this server accepts at most {limit} (--max-body-size). "
+        "Send fewer pages per request or a smaller file"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Request, body_read: asyncio.Event) -> AsyncIterator[asyncio.Event]:
+    """Cancel the current task when the client goes away, so its queued VLM work is dropped."""
+    task = asyncio.current_task()
+    gone = asyncio.Event()
+    finished = False
+
+    async def watch() -> None:
+        await body_read.wait()  # the handler reads the body first; then the next message is the disconnect
+        message = await request.receive()
+        if message["type"] == "http.disconnect" and not finished:
+            gone.set()
+            if task is not None:
+                task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield gone
+    finally:
+        finished = True
+        watcher.cancel()
+        if gone.is_set() and task is not None and hasattr(task, "uncancel"):
+            task.uncancel()
