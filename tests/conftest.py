@@ -154,9 +154,12 @@ def start_serve(repo: Path, env: dict[str, str], log: Path, *extra: str, name: s
 
 @pytest.fixture(scope="session")
 def served(tiny_repo, cpu_env, tmp_path_factory):
-    """One real server (vLLM on CPU + paddlex layout) shared by the run's integration tests."""
+    """One real server (vLLM on CPU + paddlex layout) shared by the run's integration tests.
+
+    Started with --trust-remote-code, as GPUStack users type it, on a repo with no remote code.
+    """
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    server = start_serve(tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES))
+    server = start_serve(tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES), "--trust-remote-code")
     try:
         server.statuses = server.wait_ready()
         yield server

@@ -308,12 +308,13 @@ def test_catalog_spec_on_a_local_repo_passes_every_model_check(gpustack, importe
 
 
 def test_evaluation_loads_the_repo_with_its_remote_code(gpustack, imported_backend, catalog_doc, tmp_path):
-    # Without a pinned backend version GPUStack loads the config with transformers and trust_remote_code:
-    # the same spec on a repo that lacks the remote configuration module fails there, so the passing
-    # evaluations above did read the repos they were given.
+    # Without a pinned backend version, and with a user's --trust-remote-code, GPUStack loads the config
+    # with transformers and trust_remote_code: the spec on a repo that lacks the remote configuration
+    # module fails there, so the passing evaluations above did read the repos they were given.
     catalog_spec = catalog_doc["model_sets"][0]["specs"][0]
+    typed = dict(catalog_spec, backend_parameters=[*catalog_spec["backend_parameters"], "--trust-remote-code"])
     repo = _realistic_repo(tmp_path / "PaddleOCR-VL-no-remote-code", "0.9B", with_remote_code=False)
-    result = _evaluate(gpustack, _spec_on(repo, catalog_spec, "ocr-missing-code", pinned=False))
+    result = _evaluate(gpustack, _spec_on(repo, typed, "ocr-missing-code", pinned=False))
     assert result["compatibility_messages"] != [NO_WORKER]
     assert "configuration_paddleocr_vl.py" in " ".join(result["compatibility_messages"])
 

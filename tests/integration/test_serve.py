@@ -105,6 +105,16 @@ def test_vllm_output_is_prefixed_into_ours(served):
     assert "[vllm] " in served.output()
 
 
+def test_trust_remote_code_without_remote_code_is_left_out_and_said(served):
+    """The shared server got --trust-remote-code on a repo with no remote code: it serves, and says why."""
+    output = served.output()
+    assert "plan: left out the user's --trust-remote-code:" in output and "no remote code" in output
+    started = next(line for line in output.splitlines() if "starting vLLM:" in line)
+    assert "--trust-remote-code" not in started
+    answer = chat(served.url, "ocr-test")
+    assert answer.status_code == 200, answer.text
+
+
 def test_sigterm_drains_in_flight_then_exits_0_with_no_process_left(bare_repo, cpu_env, tmp_path):
     server = start_serve(bare_repo, cpu_env, tmp_path / "serve.log")
     try:

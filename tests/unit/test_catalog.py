@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import catalog
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import CatalogEntry, ModelSources
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import RECOMMENDED_FLAGS
+from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import RECOMMENDED_FLAGS
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
 from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager
 
@@ -40,10 +40,10 @@ def test_entries_are_registered_through_the_plugin_manager():
     assert [e.name for e in registered] == [e.name for e in catalog.builtin_catalog_entries()]
 
 
-def test_parameters_carry_trust_remote_code_the_budget_and_the_recipe_flags():
+def test_parameters_carry_the_budget_and_the_recipe_flags_and_leave_trust_to_the_runtime():
     for entry in catalog.builtin_catalog_entries():
         parameters = entry.backend_parameters
-        assert parameters[0] == "--trust-remote-code"
+        assert "--trust-remote-code" not in parameters  # added by the runtime where the repo needs it
         assert 0 < _fraction(parameters) < 0.5
         for flag, values in RECOMMENDED_FLAGS:
             assert (f"{flag}={values[0]}" if values else flag) in parameters

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny_vlm import write_fake_vlm_config
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.engine import EngineInfo
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import build_launch_plan, served_context_length
+from vllm_paddle_ocr.plugin.records import EngineInfo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import build_launch_plan
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import served_context_length
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 
@@ -104,7 +105,25 @@ def test_remote_code_repo_gets_trust_remote_code_once(tmp_path):
     (root / "modeling_paddleocr_vl.py").write_text("# remote code\n")
     repo = resolve_model_repo(root)
     assert plan_for([], repo).vllm_argv.count("--trust-remote-code") == 1
-    assert plan_for(["--trust-remote-code"], repo).vllm_argv.count("--trust-remote-code") == 1
+    kept = plan_for(["--trust-remote-code"], repo)
+    assert kept.vllm_argv.count("--trust-remote-code") == 1  # the user's flag, kept: there is code to trust
+    assert not any("--trust-remote-code" in note for note in kept.notes)
+
+
+def test_trust_remote_code_is_left_out_where_there_is_nothing_to_trust(repo):
+    plan = plan_for(["--trust-remote-code", "--enforce-eager"], repo)
+    assert "--trust-remote-code" not in plan.vllm_argv and "--enforce-eager" in plan.vllm_argv
+    (note,) = [n for n in plan.notes if "--trust-remote-code" in n]
+    assert note.startswith("left out the user's --trust-remote-code:") and "no remote code" in note
+    assert "fails to start" in note
+
+
+def test_only_flags_known_to_break_are_left_out(tmp_path, repo):
+    # With an engine that is not installed here, or that needs the out-of-tree class, nothing is dropped.
+    elsewhere = EngineInfo(distribution=None, version=None, native_paddleocr_vl=True)
+    assert plan_for(["--trust-remote-code"], repo, engine=elsewhere).vllm_argv.count("--trust-remote-code") == 1
+    old = EngineInfo(distribution="vllm", version="0.10.2", native_paddleocr_vl=False, out_of_tree_model="x:Y")
+    assert plan_for(["--trust-remote-code"], repo, engine=old).vllm_argv.count("--trust-remote-code") == 1
 
 
 def test_unknown_flags_pass_through_verbatim_in_order(repo):

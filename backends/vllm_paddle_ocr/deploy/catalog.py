@@ -117,8 +117,12 @@ def recommended_parameters() -> list[str]:
 
 
 def backend_parameters(card_bytes: int = PLANNED_CARD_BYTES) -> list[str]:
-    """What a catalog entry passes: trust-remote-code, the budget, then the recipe flags."""
-    return ["--trust-remote-code", budget_parameter(card_bytes), *recommended_parameters()]
+    """What a catalog entry passes: the budget, then the recipe flags.
+
+    No --trust-remote-code: the runtime adds it exactly where the downloaded repo carries remote code
+    (the published repos do) and leaves it out where it would break the start.
+    """
+    return [budget_parameter(card_bytes), *recommended_parameters()]
 
 
 _DESCRIPTION = (

@@ -7,7 +7,7 @@ from typing import Mapping
 
 from vllm_paddle_ocr.plugin.records import EngineInfo, LaunchPlan, ModelRepo, ProxySettings, ServeRequest, VramPlan
 
-from ..recipe import RECOMMENDED_FLAGS
+from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
 from .memory_needs import served_context_length
 from .vram import DEFAULT_CONCURRENCY, fraction_text
 
@@ -39,6 +39,23 @@ def memory_flags(vram: VramPlan | None) -> list[tuple[str, tuple[str, ...]]]:
     return flags
 
 
+def flags_known_to_break(model: ModelRepo, engine: EngineInfo) -> dict[str, str]:
+    """User flags that break this launch, by key, with why: the plan leaves them out and says so.
+
+    The runtime keeps every flag a user typed except these; each is here because a launch with it
+    fails, not because another value would be better.
+    """
+    broken: dict[str, str] = {}
+    if not model.has_remote_code and engine.installed and engine.native_paddleocr_vl:
+        broken["trust-remote-code"] = (
+            f"{model.vlm_dir} carries no remote code (no auto_map, no .py files) and "
+            f"{engine.distribution} {engine.version} serves {ARCHITECTURE} natively, so the flag has nothing to "
+            "trust; with it vLLM takes the remote-code processor path and fails to start "
+            "('PaddleOCRVLImageProcessorPil' object has no attribute 'max_pixels')"
+        )
+    return broken
+
+
 def build_launch_plan(
     request: ServeRequest,
     model: ModelRepo,
@@ -52,7 +69,14 @@ def build_launch_plan(
 ) -> LaunchPlan:
     """Compose vLLM's argv: the user's flags verbatim, ours only where the user set nothing."""
     notes: list[str] = []
-    given = {flag.key for flag in request.vllm_flags}
+    broken = flags_known_to_break(model, engine)
+    user_flags = []
+    for flag in request.vllm_flags:
+        if flag.key in broken:
+            notes.append(f"left out the user's {flag.name}: {broken[flag.key]}")
+        else:
+            user_flags.append(flag)
+    given = {flag.key for flag in user_flags}
     added: list[str] = []
 
     def add(flag: str, *values: str) -> None:
@@ -80,7 +104,7 @@ def build_launch_plan(
     names = list(request.served_model_names) or [model.canonical_name]
     if model.canonical_name not in names:
         names.append(model.canonical_name)
-    user_tokens = [token for flag in request.vllm_flags for token in flag.tokens()]
+    user_tokens = [token for flag in user_flags for token in flag.tokens()]
     argv = [
         python, "-m", VLLM_MODULE,
         "--model", str(model.vlm_dir),

@@ -248,6 +248,8 @@ async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -
 
     _libc_prctl(_PR_SET_CHILD_SUBREAPER, 1)
     sock = bind_socket(plan.proxy.host, plan.proxy.port)
+    for note in [*plan.notes, *(plan.vram.notes if plan.vram is not None else [])]:
+        log.info("plan: %s", note)
     sup = Supervisor(plan)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
