@@ -19,8 +19,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 HOST = "127.0.0.1"
 MODEL = "PaddleOCR-VL-0.9B"
@@ -134,7 +136,7 @@ def serve_proxy(port: int, upstream_port: int) -> None:
     settings = ProxySettings(
         host=HOST, port=port, upstream_url=f"http://{HOST}:{upstream_port}", served_model_name=MODEL,
         model_aliases=[MODEL], model_version="0.9B", layout_dir=None, layout_model_name=None, layout_device="cpu",
-        concurrency=64, max_body_bytes=200 * 1024**2, max_pages=1000, max_page_pixels=178_956_970,
+        concurrency=64, data_dir=Path(tempfile.gettempdir()), max_body_bytes=200 * 1024**2, max_pages=1000, max_page_pixels=178_956_970,
         allow_url_input=False, url_allow_hosts=[], ready_timeout_s=10.0, shutdown_grace_s=1.0,
     )  # fmt: skip
     app = create_app(settings, state=UpstreamState(ready=True))

@@ -78,6 +78,7 @@ class ServeRequest(BaseModel):
     gpu_free_bytes: int | None = None
     vram_margin: float | None = None
     upstream_port: int | None = None
+    data_dir: Path | None = None  # where the runtime keeps what it writes (None: its default)
     max_body_bytes: int = 200 * 1024**2
     max_pages: int = 1000
     max_page_pixels: int = 178_956_970
@@ -265,6 +266,7 @@ class ProxySettings(BaseModel):
     layout_model_name: str | None
     layout_device: str
     concurrency: int
+    data_dir: Path
     max_body_bytes: int
     max_pages: int
     max_page_pixels: int

@@ -149,3 +149,9 @@ def test_served_context_fits_the_largest_crop_and_default_output():
     assert served_context_length(config, {"max_pixels": 28 * 28 * 64}) == 7168
     # Never beyond what the model was trained for.
     assert served_context_length({"text_config": {"max_position_embeddings": 4096}}, {}) == 4096
+
+
+def test_data_dir_comes_from_the_flag_then_the_environment(repo, tmp_path):
+    assert plan_for(["--data-dir", str(tmp_path / "d")], repo).proxy.data_dir == tmp_path / "d"
+    assert plan_for([], repo, environ={"VLLM_PADDLE_OCR_DATA_DIR": "/srv/ocr"}).proxy.data_dir == Path("/srv/ocr")
+    assert plan_for([], repo, environ={"HOME": "/home/u"}).proxy.data_dir.name == "vllm_paddle_ocr"

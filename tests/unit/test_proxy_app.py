@@ -25,7 +25,8 @@ def settings(upstream: str, **overrides) -> ProxySettings:
     values = dict(
         host="127.0.0.1", port=0, upstream_url=upstream, served_model_name="PaddleOCR-VL-0.9B",
         model_aliases=["PaddleOCR-VL-0.9B"], model_version="0.9B", layout_dir="/models/PP-DocLayoutV2",
-        layout_model_name="PP-DocLayoutV2", layout_device="cpu", concurrency=4, max_body_bytes=20 * 1024**2,
+        layout_model_name="PP-DocLayoutV2", layout_device="cpu", concurrency=4, data_dir="/tmp/data",
+        max_body_bytes=20 * 1024**2,
         max_pages=5, max_page_pixels=178_956_970, allow_url_input=False, url_allow_hosts=[],
         ready_timeout_s=10.0, shutdown_grace_s=5.0,
     )  # fmt: skip

@@ -13,6 +13,9 @@ from .vram import DEFAULT_CONCURRENCY, fraction_text
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 UPSTREAM_HOST = "127.0.0.1"
+# Where the runtime keeps what it writes when --data-dir is not given.
+DATA_DIR_ENV = "VLLM_PADDLE_OCR_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/vllm_paddle_ocr"
 # Variables that choose the accelerator a child sees; passed on as the control plane set them.
 DEVICE_ENV = (
     "CUDA_VISIBLE_DEVICES",
@@ -37,6 +40,12 @@ def memory_flags(vram: VramPlan | None) -> list[tuple[str, tuple[str, ...]]]:
         # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
         flags.append(("--max-num-seqs", (str(vram.max_num_seqs),)))
     return flags
+
+
+def data_dir(request: ServeRequest, environ: Mapping[str, str]) -> Path:
+    """--data-dir, else $VLLM_PADDLE_OCR_DATA_DIR, else the user's cache directory."""
+    chosen = request.data_dir or environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
 
 
 def flags_known_to_break(model: ModelRepo, engine: EngineInfo) -> dict[str, str]:
@@ -127,6 +136,7 @@ def build_launch_plan(
         layout_model_name=model.layout_model_name,
         layout_device=request.layout_device,
         concurrency=concurrency,
+        data_dir=data_dir(request, environ),
         max_body_bytes=request.max_body_bytes,
         max_pages=request.max_pages,
         max_page_pixels=request.max_page_pixels,

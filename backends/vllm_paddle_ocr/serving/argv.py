@@ -10,6 +10,7 @@ from typing import Callable
 from vllm_paddle_ocr.plugin.errors import ServeRequestError
 from vllm_paddle_ocr.plugin.records import Flag, ServeRequest
 
+from ..planning.launch_plan import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from ..planning.vram import DEFAULT_MARGIN
 from ..sizes import parse_size
 
@@ -98,6 +99,7 @@ OWN_OPTIONS: tuple[OwnOption, ...] = (
     OwnOption("--gpu-free", "gpu_free_bytes", parse_size, "Free memory to plan with (default: all of --gpu-total).", metavar="SIZE"),
     OwnOption("--vram-margin", "vram_margin", _fraction, f"Safety margin as a share of the estimated need (default {DEFAULT_MARGIN}).", metavar="FRACTION"),
     OwnOption("--upstream-port", "upstream_port", _int, "Loopback port for vLLM (default: a free port).", metavar="PORT"),
+    OwnOption("--data-dir", "data_dir", Path, f"Where the runtime keeps what it writes (default ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}).", metavar="DIR"),
     OwnOption("--max-body-size", "max_body_bytes", parse_size, "Largest /layout-parsing request body (default 200MiB).", metavar="SIZE"),
     OwnOption("--max-pages", "max_pages", _positive_int, "Most PDF pages one request may carry; more is a 413, never a silent cut (default 1000).", metavar="N"),
     OwnOption("--max-page-pixels", "max_page_pixels", _positive_int, "Most pixels in one image or rendered page (default 178956970).", metavar="N"),
