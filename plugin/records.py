@@ -245,6 +245,8 @@ class VramPlan(BaseModel):
     kv_bytes_per_token: int
     kv_cache_tokens: int
     gpustack_parameter: str | None = None  # the backend_parameters item a GPUStack scheduler books from
+    gpustack_claim_bytes: int | None = None  # GPUSTACK_MODEL_VRAM_CLAIM for the requested concurrency, on any card
+    gpustack_instances_per_gpu: int | None = None  # how many such bookings GPUStack places on this plan's card
     notes: list[str] = Field(default_factory=list)
 
 

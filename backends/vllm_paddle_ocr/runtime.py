@@ -49,9 +49,9 @@ class PaddleOcrRuntime:
         return compatibility.check_compatibility(model, engine)
 
     def plan_vram(self, request: ServeRequest, model: ModelRepo, engine: EngineInfo) -> VramPlan:
-        """The fraction, KV bytes and concurrency that fit the visible GPUs (or the planned card)."""
+        """The fraction, KV bytes and concurrency that fit the visible GPUs (or the planned card) and GPUStack's claim."""
         needs = memory_needs.needs_for_request(request, model)
-        return vram.budget(needs, vram.options_from_request(request, engine))
+        return vram.budget(needs, vram.options_from_request(request, engine, os.environ))
 
     def build_launch_plan(
         self, request: ServeRequest, model: ModelRepo, engine: EngineInfo, vram: VramPlan | None

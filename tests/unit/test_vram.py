@@ -227,6 +227,125 @@ def test_enforce_eager_drops_cuda_graphs(needs):
     assert plan.breakdown.cuda_graphs == 0
 
 
+# --- a claim booked in bytes (GPUStack 2.x's GPUSTACK_MODEL_VRAM_CLAIM) ------------------------------
+
+CLAIM_CARDS = ["h100_80gb_empty", "a100_40gb_shared", "l4_24gb_empty", "rtx4090_24gb_empty", "rtx5060_8gb_desktop"]
+
+
+@pytest.fixture(scope="module")
+def claim(needs) -> int:
+    """What `plan --gpustack-claim` prints for this model at the default concurrency."""
+    return vram.gpustack_claim(needs, VramOptions())
+
+
+def vllm_takes_at_most(plan: VramPlan) -> int:
+    """What vLLM may hold on each GPU with the flags it is given: its request plus what it holds before its check."""
+    flags = dict(memory_flags(plan))
+    before = CUDA_CONTEXT_BYTES + (NCCL_BYTES if len(plan.gpus) > 1 else 0)
+    return max(math.ceil(float(flags["--gpu-memory-utilization"][0]) * gpu.cuda_total_bytes) for gpu in plan.gpus) + before
+
+
+@pytest.mark.parametrize("name", CLAIM_CARDS)
+def test_inside_a_claim_vllm_takes_at_most_the_claim_on_every_card(needs, claim, name):
+    plan = plan_vram(needs, card(name), VramOptions(vram_claim_bytes=claim))
+    fraction = float(dict(memory_flags(plan))["--gpu-memory-utilization"][0])
+    assert fraction * plan.gpu.cuda_total_bytes <= claim
+    assert vllm_takes_at_most(plan) <= claim
+    # The planned bytes, margin included, fit the claim: the concurrency asked is kept on every card.
+    assert plan.concurrency == vram.DEFAULT_CONCURRENCY and plan.needed_bytes <= claim
+    assert int(dict(memory_flags(plan))["--kv-cache-memory-bytes"][0]) == plan.breakdown.kv_cache
+    assert plan.claim_bytes == claim and plan.gpustack_parameter is None  # GPUStack books the bytes, not a share
+    assert vllm_starts(plan)  # the card has the claim free, so vLLM's own start-up check passes
+    assert any(note.startswith(f"sized inside GPUSTACK_MODEL_VRAM_CLAIM={claim}") for note in plan.notes)
+
+
+def test_the_claim_decides_the_same_kv_cache_on_every_card(needs, claim):
+    plans = [plan_vram(needs, card(name), VramOptions(vram_claim_bytes=claim, concurrency=64)) for name in CLAIM_CARDS[:4]]
+    assert len({(p.concurrency, p.breakdown.kv_cache) for p in plans}) == 1
+    # ... while the fraction follows each card's size.
+    assert len({p.gpu_memory_utilization for p in plans}) == 4
+
+
+def test_without_a_claim_the_planned_fraction_can_take_more_than_the_claim(needs, claim):
+    # The fraction rounds up to 0.01 of the card: booked as bytes, the claim is what keeps the two equal.
+    own = plan_vram(needs, card("h100_80gb_empty"), VramOptions())
+    assert vllm_takes_at_most(own) > claim
+
+
+def test_gpustack_claim_is_the_same_on_every_card_and_says_how_many_fit(needs, claim):
+    for name in CLAIM_CARDS:
+        plan = plan_vram(needs, card(name), VramOptions())
+        assert plan.gpustack_claim_bytes == claim
+        assert plan.gpustack_instances_per_gpu == plan.gpu.total_bytes // claim
+    assert plan_vram(needs, None, VramOptions(gpu_total_bytes=80 * GiB)).gpustack_instances_per_gpu >= 9
+    # For a concurrency: more blocks, more bytes; tensor parallelism books the instance's GPUs together.
+    assert vram.gpustack_claim(needs, VramOptions(concurrency=64)) > claim
+    assert claim % MiB == 0 and claim >= plan.needed_bytes * (1 + vram.DEFAULT_MARGIN)
+
+
+def test_a_claim_smaller_than_the_concurrency_needs_lowers_it_and_says_why(needs, claim):
+    small = claim - 256 * MiB
+    plan = plan_vram(needs, card("h100_80gb_empty"), VramOptions(vram_claim_bytes=small))
+    assert vram.DEFAULT_CONCURRENCY_FLOOR <= plan.concurrency < vram.DEFAULT_CONCURRENCY
+    assert vllm_takes_at_most(plan) <= small
+    note = next(n for n in plan.notes if n.startswith("lowered the concurrency"))
+    assert f"to {plan.concurrency} in-flight blocks to fit GPUSTACK_MODEL_VRAM_CLAIM={small}" in note
+    # One more block would not fit the claim.
+    with pytest.raises(VramError, match="GPUSTACK_MODEL_VRAM_CLAIM"):
+        plan_vram(needs, card("h100_80gb_empty"), VramOptions(
+            vram_claim_bytes=small, concurrency=plan.concurrency + 1, concurrency_floor=plan.concurrency + 1))
+
+
+def test_a_claim_too_small_for_the_model_is_refused_in_one_line_with_the_bytes_it_needs(needs):
+    with pytest.raises(VramError) as caught:
+        plan_vram(needs, card("h100_80gb_empty"), VramOptions(vram_claim_bytes=2 * GiB))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("GPUSTACK_MODEL_VRAM_CLAIM=2147483648 (2.00 GiB) is less than PaddleOCR-VL at the lowest concurrency")
+    assert "weights 1.91 GiB" in message and "--gpustack-claim" in message
+    least = int(message.split("book at least ")[1].split(" ")[0])
+    # The figure it names is the smallest that starts; a MiB less is refused again.
+    assert plan_vram(needs, card("h100_80gb_empty"), VramOptions(vram_claim_bytes=least)).concurrency == vram.DEFAULT_CONCURRENCY_FLOOR
+    with pytest.raises(VramError, match="is less than"):
+        plan_vram(needs, card("h100_80gb_empty"), VramOptions(vram_claim_bytes=least - MiB))
+
+
+def test_a_claim_on_a_card_fuller_than_its_bookings_is_refused_naming_the_holders(needs, claim):
+    with pytest.raises(VramError) as caught:
+        plan_vram(needs, card("rtx4090_24gb_full"), VramOptions(vram_claim_bytes=claim))
+    message = str(caught.value)
+    assert "1.43 GiB free of 23.64 GiB" in message and "python3 (pid 51877, 22.21 GiB)" in message
+    assert "other processes hold more than their bookings" in message
+
+
+def test_a_claim_is_split_over_the_gpus_of_a_tensor_parallel_instance(needs):
+    options = VramOptions(tensor_parallel_size=2)
+    claim = vram.gpustack_claim(needs, options)
+    plan = plan_vram(needs, card("l4_x2_one_busy"), options.model_copy(update={"vram_claim_bytes": claim}))
+    assert plan.claim_bytes == claim // 2
+    assert vllm_takes_at_most(plan) <= claim // 2 and vllm_starts(plan)
+
+
+def test_a_users_fraction_beside_a_claim_is_kept_and_books_the_larger(needs, claim):
+    plan = plan_vram(needs, card("h100_80gb_empty"), VramOptions(vram_claim_bytes=claim, gpu_memory_utilization=0.2))
+    assert plan.source == "user" and plan.gpu_memory_utilization == 0.2
+    assert plan.claim_bytes == math.ceil(0.2 * plan.gpu.cuda_total_bytes) + CUDA_CONTEXT_BYTES > claim
+    assert plan.gpustack_claim_bytes is None  # a share of each card has no one byte figure
+    assert any(note.startswith("GPUStack 2.3 books the larger of GPUSTACK_MODEL_VRAM_CLAIM") for note in plan.notes)
+    with pytest.raises(VramError, match="share of each card"):
+        vram.gpustack_claim_of(plan)
+
+
+def test_the_claim_is_read_from_the_environment_as_gpustack_reads_it(model_dir):
+    request = parse_serve_argv([str(model_dir)])
+    options = vram.options_from_request(request, _Engine(), {"GPUSTACK_MODEL_VRAM_CLAIM": "5874122752"})
+    assert options.vram_claim_bytes == 5874122752
+    assert vram.options_from_request(request, _Engine(), {"GPUSTACK_MODEL_VRAM_CLAIM": ""}).vram_claim_bytes is None
+    for text in ("5.5GiB", "0", "-1", "lots"):
+        with pytest.raises(ServeRequestError, match=f"GPUSTACK_MODEL_VRAM_CLAIM='{text}' is not a byte count"):
+            vram.options_from_request(request, _Engine(), {"GPUSTACK_MODEL_VRAM_CLAIM": text})
+
+
 # --- no GPU, planning overrides, several GPUs --------------------------------------------------------
 
 
@@ -369,7 +488,7 @@ def test_options_and_needs_come_from_the_serve_request(model_dir):
         "-tp", "1", "--max-num-batched-tokens", "8k", "--max-model-len", "16384", "--enforce-eager",
         "--concurrency", "24", "--gpu-total", "80GiB", "--gpu-free", "40GB", "--vram-margin", "0.1",
     ])
-    options = vram.options_from_request(request, _Engine())
+    options = vram.options_from_request(request, _Engine(), {})
     assert options.gpu_memory_utilization == 0.3
     assert options.kv_cache_memory_bytes == 2 * GiB  # vLLM's "G" is binary
     assert (options.max_num_seqs, options.tensor_parallel_size, options.concurrency) == (32, 1, 24)
@@ -383,7 +502,7 @@ def test_options_and_needs_come_from_the_serve_request(model_dir):
 
 def test_defaults_from_a_bare_serve_request(model_dir):
     request = parse_serve_argv([str(model_dir)])
-    options = vram.options_from_request(request, _Engine(flags={"gpu_memory_utilization"}))
+    options = vram.options_from_request(request, _Engine(flags={"gpu_memory_utilization"}), {})
     assert options.gpu_memory_utilization is None and options.kv_cache_memory_bytes is None
     assert not options.kv_cache_flag_supported and options.margin == vram.DEFAULT_MARGIN
     needs = needs_for_request(request, resolve_model_repo(model_dir))
@@ -394,7 +513,7 @@ def test_defaults_from_a_bare_serve_request(model_dir):
 def test_an_unreadable_user_value_names_the_flag(model_dir):
     request = parse_serve_argv([str(model_dir), "--gpu-memory-utilization", "most"])
     with pytest.raises(ServeRequestError, match="--gpu-memory-utilization 'most' is not a valid value"):
-        vram.options_from_request(request, _Engine())
+        vram.options_from_request(request, _Engine(), {})
 
 
 # --- sizes --------------------------------------------------------------------------------------------

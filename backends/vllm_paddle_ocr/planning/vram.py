@@ -15,6 +15,16 @@ vLLM then gets `--gpu-memory-utilization <fraction> --kv-cache-memory-bytes <KV 
 exactly what the concurrency needs and the fraction (what GPUStack books, total x fraction) covers all
 the process holds, its CUDA context included. Without --kv-cache-memory-bytes vLLM gives the KV cache
 whatever the fraction leaves after its profiling, and its CUDA context and NCCL buffers sit outside it.
+
+A control plane that books bytes instead of a share of the card (GPUStack 2.x reads
+GPUSTACK_MODEL_VRAM_CLAIM from the model's environment) gets one figure for every card:
+  claim      = needed x (1 + margin), rounded up to a MiB (what `plan --gpustack-claim` prints)
+and an instance started with that claim (`VramOptions.vram_claim_bytes`) fits inside it on whatever card
+it lands on: the concurrency is the largest that fits the claim, and vLLM is asked for the claim less
+what it holds before its check, as a fraction of that card's total rounded down:
+  fraction   = (claim - CUDA context [- NCCL buffers]) / total, rounded down to 0.000001
+With --kv-cache-memory-bytes vLLM uses the fraction only for that start-up check, so the instance holds
+the planned bytes and needs the claim free to start: what the scheduler kept free for it.
 """
 
 from __future__ import annotations
@@ -24,11 +34,11 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, Field
 
-from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
+from vllm_paddle_ocr.plugin.errors import ServeRequestError, VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.records import EngineInfo, MemoryBreakdown, PlannedGpu, ServeRequest, VramPlan
 
 from ..recipe import KV_BLOCK_TOKENS
-from ..sizes import format_bytes, parse_size
+from ..sizes import MiB, format_bytes, parse_size
 from .memory_needs import (
     CUDA_CONTEXT_BYTES,
     MODEL_BUFFER_BYTES,
@@ -53,6 +63,14 @@ DEFAULT_MARGIN = 0.05
 # The fraction is rounded up to 0.01 of the card; where that step alone would not fit the free memory
 # (0.01 of a 141 GiB card is 1.4 GiB) it is rounded up to 0.001 instead.
 FRACTION_STEPS = (0.01, 0.001)
+# GPUStack 2.x books this many bytes for an instance, on any card, when the model's environment sets it
+# (policies/utils.py, get_vram_claim_from_model_env); the instance's process inherits that environment.
+VRAM_CLAIM_ENV = "GPUSTACK_MODEL_VRAM_CLAIM"
+# Claims are printed rounded up to a whole MiB, a figure people can copy into a catalog.
+CLAIM_ROUNDING = MiB
+# Inside a claim the fraction is rounded down to a millionth of the card (under 150 KiB of the largest
+# cards), so what vLLM requests never exceeds the claim.
+CLAIM_FRACTION_DIGITS = 6
 
 
 class VramError(VllmPaddleOcrError):
@@ -78,6 +96,9 @@ class VramOptions(BaseModel):
     kv_cache_flag_supported: bool = True
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False  # no CUDA graphs
+    # Bytes a control plane booked for the instance (GPUSTACK_MODEL_VRAM_CLAIM), split evenly over its
+    # GPUs as GPUStack books it: the plan fits vLLM inside it on whatever card it lands on.
+    vram_claim_bytes: int | None = Field(default=None, gt=0)
 
 
 def describe_gpu(gpu: PlannedGpu) -> str:
@@ -119,14 +140,45 @@ def summary(plan: VramPlan) -> str:
     )
 
 
+def gpustack_lines(plan: VramPlan) -> list[str]:
+    """What to book in GPUStack for this plan: bytes for 2.x (any card), the fraction for 0.7 (this card)."""
+    lines = []
+    if plan.gpustack_claim_bytes is not None:
+        line = (
+            f"GPUStack 2.x: env {VRAM_CLAIM_ENV}={plan.gpustack_claim_bytes} ({format_bytes(plan.gpustack_claim_bytes)} "
+            f"for {_blocks(plan.requested_concurrency)}, on any card)"
+        )
+        if plan.gpustack_instances_per_gpu is not None and plan.gpu is not None:
+            line += f"; {plan.gpustack_instances_per_gpu} of them fit {describe_gpu(plan.gpu)}"
+        lines.append(line)
+    if plan.gpustack_parameter is not None:
+        lines.append(f"GPUStack 0.7: {plan.gpustack_parameter} (planned for this card)")
+    return lines
+
+
+def gpustack_claim_of(plan: VramPlan | None) -> int:
+    """The claim `plan --gpustack-claim` prints, or why there is none."""
+    if plan is None:
+        raise VramError("no VRAM budget was planned for this launch, so there is no claim to print")
+    if plan.gpustack_claim_bytes is None:
+        raise VramError(
+            "the user's --gpu-memory-utilization books a share of each card, not bytes; "
+            "leave it out to get a claim that holds on any card"
+        )
+    return plan.gpustack_claim_bytes
+
+
 # --------------------------------------------------------------------------------------------------------
 # The pure core.
 
 
 def fraction_text(fraction: float) -> str:
-    """A fraction as vLLM and GPUStack should read it: two decimals, three when the plan used 0.001 steps."""
-    two = f"{fraction:.2f}"
-    return two if abs(float(two) - fraction) < 1e-9 else f"{fraction:.3f}"
+    """A fraction as vLLM and GPUStack should read it: two decimals, more only where the plan used finer steps."""
+    for digits in range(2, CLAIM_FRACTION_DIGITS):
+        text = f"{fraction:.{digits}f}"
+        if abs(float(text) - fraction) < 1e-9:
+            return text
+    return f"{fraction:.{CLAIM_FRACTION_DIGITS}f}"
 
 
 def gpustack_parameter(fraction: float) -> str:
@@ -172,6 +224,43 @@ def _inside_fraction(parts: MemoryBreakdown, options: VramOptions) -> int:
     return parts.total if options.kv_cache_flag_supported else parts.total - parts.before_snapshot
 
 
+def claim_needed(parts: MemoryBreakdown, options: VramOptions) -> int:
+    """Bytes the instance takes on each GPU with the margin: the least a control plane booking bytes may book."""
+    inside = _inside_fraction(parts, options)
+    return math.ceil(inside * (1 + options.margin)) + parts.total - inside
+
+
+def _round_claim(value: int) -> int:
+    return -(-value // CLAIM_ROUNDING) * CLAIM_ROUNDING
+
+
+def gpustack_claim(needs: ModelMemoryNeeds, options: VramOptions, concurrency: int | None = None) -> int:
+    """GPUSTACK_MODEL_VRAM_CLAIM for a concurrency: the bytes of all the instance's GPUs, the same on any card."""
+    chosen = concurrency or options.concurrency or DEFAULT_CONCURRENCY
+    parts = _breakdown(needs, options, chosen, options.kv_cache_memory_bytes)
+    return _round_claim(claim_needed(parts, options)) * options.tensor_parallel_size
+
+
+def _claim_per_gpu(options: VramOptions) -> int | None:
+    """The booked bytes on each GPU: GPUStack splits a claim evenly over an instance's GPUs."""
+    if options.vram_claim_bytes is None:
+        return None
+    return options.vram_claim_bytes // options.tensor_parallel_size
+
+
+def _claim_fraction(parts: MemoryBreakdown, gpus: list[PlannedGpu], claim: int) -> float:
+    """The fraction of every GPU that keeps vLLM's request, plus what it holds before its check, inside the claim."""
+    room = claim - parts.before_snapshot
+    scale = 10**CLAIM_FRACTION_DIGITS
+    fractions = []
+    for gpu in gpus:
+        steps = max(room, 0) * scale // gpu.cuda_total_bytes
+        while steps > 0 and _requested(steps / scale, gpu) > room:  # float noise in vLLM's ceil(total x fraction)
+            steps -= 1
+        fractions.append(steps / scale)
+    return min(fractions)
+
+
 def _fraction_for(inside: int, gpus: list[PlannedGpu], margin: float, step: float = FRACTION_STEPS[0]) -> float:
     """The one fraction every GPU gets: the largest any of them needs with the margin, rounded up to the step."""
     return max(_ceil_step(inside * (1 + margin) / gpu.cuda_total_bytes, step) for gpu in gpus)
@@ -185,7 +274,14 @@ def _shortfall(fraction: float, gpus: list[PlannedGpu], before_snapshot: int) ->
 
 
 def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[PlannedGpu]) -> tuple[float, PlannedGpu, int]:
-    """(fraction, tightest GPU, shortfall): the coarsest rounding that passes vLLM's check, else the coarsest."""
+    """(fraction, tightest GPU, shortfall): the coarsest rounding that passes vLLM's check, else the coarsest.
+
+    Inside a booked claim the fraction is the claim's share of the card instead.
+    """
+    claim = _claim_per_gpu(options)
+    if claim is not None:
+        fraction = _claim_fraction(parts, gpus, claim)
+        return (fraction, *_shortfall(fraction, gpus, parts.before_snapshot))
     inside = _inside_fraction(parts, options)
     tried = []
     for step in FRACTION_STEPS:
@@ -199,8 +295,16 @@ def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[Pl
 
 def _fits(needs: ModelMemoryNeeds, options: VramOptions, gpus: list[PlannedGpu], concurrency: int) -> bool:
     parts = _breakdown(needs, options, concurrency, options.kv_cache_memory_bytes)
+    if not _fits_claim(parts, options):
+        return False
     fraction, _gpu, miss = _choose_fraction(parts, options, gpus)
     return fraction <= 1.0 and miss <= 0
+
+
+def _fits_claim(parts: MemoryBreakdown, options: VramOptions) -> bool:
+    """Whether the instance fits the bytes booked for it (always, when nothing was booked)."""
+    claim = _claim_per_gpu(options)
+    return claim is None or claim_needed(parts, options) <= claim
 
 
 def _largest_fitting(
@@ -232,6 +336,18 @@ def _refusal(gpu: PlannedGpu, fraction: float, what: str, parts: MemoryBreakdown
         f"creates before it checks; memory is held by {describe_gpu_holders(gpu)}. {advice}"
     )
     return VramError(message, gpu=gpu, needed_bytes=needed)
+
+
+def _claim_refusal(parts: MemoryBreakdown, options: VramOptions, what: str) -> VramError:
+    claim, per_gpu = options.vram_claim_bytes, _claim_per_gpu(options)
+    needed = claim_needed(parts, options)
+    split = "" if claim == per_gpu else f", {format_bytes(per_gpu)} per GPU"
+    message = (
+        f"{VRAM_CLAIM_ENV}={claim} ({format_bytes(claim)}{split}) is less than {what} needs on its GPU: "
+        f"{format_bytes(needed)} ({describe_breakdown(parts)}, and the {options.margin:.0%} margin); book at least "
+        f"{_round_claim(needed) * options.tensor_parallel_size} bytes (`vllm_paddle_ocr plan <model_path> --gpustack-claim`)"
+    )
+    return VramError(message, needed_bytes=needed)
 
 
 def _planned_gpus(snapshot: GpuSnapshot | None, options: VramOptions) -> list[PlannedGpu] | str:
@@ -283,8 +399,13 @@ def _plan(
     tp = options.tensor_parallel_size
     per_token = needs.kv_bytes_per_token_per_gpu(tp)
     fraction = fields.get("gpu_memory_utilization")
+    # A user's fraction is a share of each card: no byte figure holds on every card for it.
+    claim = None if options.gpu_memory_utilization is not None else gpustack_claim(needs, options, requested)
+    gpu: PlannedGpu | None = fields.get("gpu")
     return VramPlan(
-        gpustack_parameter=None if fraction is None else gpustack_parameter(fraction),
+        gpustack_parameter=None if fraction is None or options.vram_claim_bytes else gpustack_parameter(fraction),
+        gpustack_claim_bytes=claim,
+        gpustack_instances_per_gpu=None if claim is None or gpu is None else gpu.total_bytes // (claim // tp),
         concurrency=concurrency,
         requested_concurrency=requested,
         needed_bytes=parts.total,
@@ -336,36 +457,57 @@ def _plan_own_fraction(
         fitting = _largest_fitting(needs, options, gpus, floor, requested - 1)
         concurrency = floor if fitting is None else fitting
     parts = _breakdown(needs, options, concurrency, user_kv)
+    what = (
+        f"PaddleOCR-VL with the given --kv-cache-memory-bytes"
+        if user_kv is not None
+        else f"PaddleOCR-VL at the lowest concurrency ({_blocks(concurrency)})"
+    )
+    booked = _claim_per_gpu(options)
+    if not _fits_claim(parts, options):
+        raise _claim_refusal(parts, options, what)
     fraction, tightest, miss = _choose_fraction(parts, options, gpus)
     if miss > 0 or fraction > 1.0:
-        what = (
-            f"PaddleOCR-VL with the given --kv-cache-memory-bytes"
-            if user_kv is not None
-            else f"PaddleOCR-VL at the lowest concurrency ({_blocks(concurrency)})"
-        )
         advice = (
             "Free memory on that GPU, give the instance another GPU, or lower --max-num-batched-tokens "
             "(it sets the start-up profiling peak)."
         )
+        if booked is not None:
+            advice = (
+                f"{VRAM_CLAIM_ENV} booked {format_bytes(booked)} there, but the card has less free: other "
+                "processes hold more than their bookings. Free memory on that GPU, or reserve it from the "
+                "scheduler (GPUStack's --system-reserved)."
+            )
         if fraction > 1.0:
             advice = f"The card is too small for this model at these settings. {advice}"
         raise _refusal(tightest, fraction, what, parts, advice)
 
     if concurrency < requested:
-        notes.append(
-            f"lowered the concurrency from {requested} to {concurrency} in-flight blocks to fit the "
-            f"{format_bytes(tightest.free_bytes)} free on {describe_gpu(tightest)}"
+        above = _breakdown(needs, options, concurrency + 1, user_kv)
+        limit = (
+            f"{VRAM_CLAIM_ENV}={options.vram_claim_bytes} ({format_bytes(booked)} per GPU)"
+            if not _fits_claim(above, options)
+            else f"the {format_bytes(tightest.free_bytes)} free on {describe_gpu(tightest)}"
         )
+        notes.append(f"lowered the concurrency from {requested} to {concurrency} in-flight blocks to fit {limit}")
     kv_flag = None
     if options.kv_cache_flag_supported:
         kv_flag = parts.kv_cache
         claim = _requested(fraction, tightest)
     else:
         claim = _requested(fraction, tightest) + parts.before_snapshot
+        if booked is None:
+            notes.append(
+                "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and what it "
+                f"holds before its start-up check ({format_bytes(parts.before_snapshot)}) sits outside what a "
+                "control plane books"
+            )
+    if booked is not None:
+        claim = booked
         notes.append(
-            "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and what it "
-            f"holds before its start-up check ({format_bytes(parts.before_snapshot)}) sits outside what a "
-            "control plane books"
+            f"sized inside {VRAM_CLAIM_ENV}={options.vram_claim_bytes}: {format_bytes(booked)} booked on "
+            f"{describe_gpu(tightest)}, {format_bytes(claim_needed(parts, options))} taken with the margin; vLLM is "
+            f"asked for {fraction_text(fraction)} of the card ({format_bytes(_requested(fraction, tightest))}) "
+            "after its CUDA context"
         )
     if user_kv is not None:
         implied = user_kv // needs.kv_bytes_per_request(options.tensor_parallel_size)
@@ -419,6 +561,14 @@ def _plan_user_fraction(
     booked = _requested(fraction, tightest)
     claim = booked + parts.before_snapshot if user_kv is None else max(booked, parts.total)
     notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
+    per_gpu = _claim_per_gpu(options)
+    if per_gpu is not None:
+        # GPUStack 2.3 books the larger of the two; earlier 2.x releases book the claim alone.
+        claim = max(claim, per_gpu)
+        notes.append(
+            f"GPUStack 2.3 books the larger of {VRAM_CLAIM_ENV} ({format_bytes(per_gpu)} per GPU) and the "
+            f"user's fraction of the card: {format_bytes(claim)} here"
+        )
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
         available=True, source="user", gpu=tightest, gpus=gpus, gpu_memory_utilization=fraction,
@@ -443,8 +593,25 @@ def budget(
     return plan_vram(needs, snapshot, options)
 
 
-def options_from_request(request: ServeRequest, engine: EngineInfo) -> VramOptions:
-    """VramOptions from a ServeRequest (our flags and the user's engine flags) and the installed engine."""
+def claim_from_env(environ: Mapping[str, str]) -> int | None:
+    """The bytes GPUStack booked for this instance ($GPUSTACK_MODEL_VRAM_CLAIM), read as GPUStack reads it."""
+    text = environ.get(VRAM_CLAIM_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        claim = int(text)
+    except ValueError:
+        claim = 0
+    if claim <= 0:
+        raise ServeRequestError(
+            f"{VRAM_CLAIM_ENV}={text!r} is not a byte count: GPUStack books a whole number of bytes "
+            "(`vllm_paddle_ocr plan <model_path> --gpustack-claim` prints one)"
+        )
+    return claim
+
+
+def options_from_request(request: ServeRequest, engine: EngineInfo, environ: Mapping[str, str]) -> VramOptions:
+    """VramOptions from a ServeRequest (our flags and the user's engine flags), the installed engine and the environment."""
     eager = request.user_flag("enforce-eager")
     return VramOptions(
         concurrency=request.concurrency,
@@ -457,4 +624,5 @@ def options_from_request(request: ServeRequest, engine: EngineInfo) -> VramOptio
         kv_cache_flag_supported=engine.knows_flag("--kv-cache-memory-bytes"),
         tensor_parallel_size=request.user_number("tensor-parallel-size", int) or 1,
         enforce_eager=eager is not None and not eager.negated,
+        vram_claim_bytes=claim_from_env(environ),
     )
