@@ -334,9 +334,13 @@ class CatalogEntry(BaseModel):
     quantization: str | None = None
     sources: ModelSources
     runtime: str
-    backend_parameters: list[str] = Field(default_factory=list)
+    backend_parameters: list[str] = Field(default_factory=list)  # engine flags, the same for every control plane
     env: dict[str, str] = Field(default_factory=dict)
-    planned_card_bytes: int | None = None  # the card size a fraction in backend_parameters is for
+    # The GPU budget, in the two forms control planes book: bytes that hold on any card (GPUStack 2.x), and
+    # a share of a card of a stated size (GPUStack 0.7).
+    vram_claim_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    planned_card_bytes: int | None = None  # the card size gpu_memory_utilization is planned for
 
 
 # ------------------------------------------------------------------------------------- runtime

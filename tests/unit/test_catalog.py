@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import catalog
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import vram
 from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import RECOMMENDED_FLAGS
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.sizes import GiB, MiB, format_bytes
 from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager
 
 GPUSTACK_SYSTEM_RESERVED = 1 * GiB  # GPUStack's default system_reserved.vram
@@ -40,22 +41,38 @@ def test_entries_are_registered_through_the_plugin_manager():
     assert [e.name for e in registered] == [e.name for e in catalog.builtin_catalog_entries()]
 
 
-def test_parameters_carry_the_budget_and_the_recipe_flags_and_leave_trust_to_the_runtime():
+def test_parameters_carry_the_recipe_flags_and_leave_budget_and_trust_to_each_booking():
     for entry in catalog.builtin_catalog_entries():
         parameters = entry.backend_parameters
         assert "--trust-remote-code" not in parameters  # added by the runtime where the repo needs it
-        assert 0 < _fraction(parameters) < 0.5
+        assert not [p for p in parameters if p.startswith("--gpu-memory-utilization")]
         for flag, values in RECOMMENDED_FLAGS:
             assert (f"{flag}={values[0]}" if values else flag) in parameters
         # GPUStack does not split an item with a space inside: every item is one token.
         assert all(" " not in p for p in parameters)
+        # A control plane booking a share gets the fraction first; one booking bytes gets the claim.
+        shared = catalog.share_parameters(entry)
+        assert shared[1:] == parameters and 0 < _fraction(shared) < 0.5
+        assert catalog.claim_env(entry) == {**entry.env, "GPUSTACK_MODEL_VRAM_CLAIM": str(entry.vram_claim_bytes)}
+
+
+def test_the_claim_is_what_plan_prints_for_the_published_model_and_at_most_8_gib():
+    entry = catalog.builtin_catalog_entries()[0]
+    needs = catalog.published_needs()
+    assert entry.vram_claim_bytes == vram.gpustack_claim(needs, vram.VramOptions(concurrency=vram.DEFAULT_CONCURRENCY))
+    assert entry.vram_claim_bytes % MiB == 0 and entry.vram_claim_bytes <= 8 * GiB
+    # It covers what the instance takes at that concurrency, margin included, and is a figure people read.
+    plan = vram.plan_vram(needs, None, vram.VramOptions(gpu_total_bytes=80 * GiB))
+    assert plan.needed_bytes * (1 + vram.DEFAULT_MARGIN) <= entry.vram_claim_bytes < plan.needed_bytes * (1 + vram.DEFAULT_MARGIN) + MiB
+    assert plan.gpustack_claim_bytes == entry.vram_claim_bytes
+    assert format_bytes(entry.vram_claim_bytes) in entry.description
 
 
 def test_budget_is_planned_for_the_stated_card_and_shrinks_on_larger_cards():
     entry = catalog.builtin_catalog_entries()[0]
     assert entry.planned_card_bytes == catalog.PLANNED_CARD_BYTES == 24 * GiB
     assert "24 GiB" in catalog.budget_note(entry)
-    assert _fraction(entry.backend_parameters) == catalog.planned_fraction(24 * GiB)
+    assert _fraction(catalog.share_parameters(entry)) == entry.gpu_memory_utilization == catalog.planned_fraction(24 * GiB)
     assert catalog.planned_fraction(16 * GiB) > catalog.planned_fraction(24 * GiB) > catalog.planned_fraction(80 * GiB)
     # What it books always covers the published weights.
     for card in (16, 24, 80):
@@ -65,11 +82,13 @@ def test_budget_is_planned_for_the_stated_card_and_shrinks_on_larger_cards():
 def test_the_parameter_books_exactly_the_planned_fraction_even_in_thousandths():
     # On a small card the plan rounds to 0.001 (0.01 would not fit); rounding it to 0.01 would book
     # less than the instance takes, or ask vLLM for more than is free.
+    entry = catalog.builtin_catalog_entries()[0]
     thousandths = 0
     for mib in range(5632, 6144, 16):  # 5.5 to 6 GiB: the model fits, with little to spare
         card = mib * 1024**2
         fraction = catalog.planned_fraction(card)
-        assert _fraction(catalog.backend_parameters(card)) == fraction
+        planned = entry.model_copy(update={"gpu_memory_utilization": fraction, "planned_card_bytes": card})
+        assert _fraction(catalog.share_parameters(planned)) == fraction
         thousandths += round(fraction, 2) != fraction
     assert thousandths > 0
 
@@ -100,12 +119,18 @@ def test_an_entry_needs_a_source():
         runtime="vllm_paddle_ocr",
     )
     assert catalog.budget_note(entry) == "no budget planned"
+    assert catalog.share_parameters(entry) == [] and catalog.claim_env(entry) == {}
 
 
-def test_the_gpustack_guide_shows_the_parameters_the_catalog_carries():
+def test_the_gpustack_guide_shows_the_parameters_and_the_claim_the_catalog_carries():
     guide = (Path(__file__).resolve().parents[2] / "docs" / "gpustack.md").read_text(encoding="utf-8")
-    block = re.search(r"backend_parameters: (.*?)```", guide, re.S)
-    assert block, "docs/gpustack.md lost its backend_parameters example"
-    shown = block.group(1).split()
+    blocks = re.findall(r"backend_parameters: (.*?)(?:env: +GPUSTACK_MODEL_VRAM_CLAIM=(\d+)\s*)?```", guide, re.S)
+    assert len(blocks) == 2, "docs/gpustack.md lost its 0.7 or 2.x deploy settings"
+    (shown_07, no_claim), (shown_2x, claim) = blocks
     for entry in catalog.builtin_catalog_entries():
-        assert shown == entry.backend_parameters
+        assert shown_07.split() == catalog.share_parameters(entry) and not no_claim
+        assert shown_2x.split() == entry.backend_parameters
+        assert claim == str(entry.vram_claim_bytes)
+        # What the guide says a card takes is what GPUStack's byte booking places there.
+        assert f"an 80 GiB card takes {80 * GiB // entry.vram_claim_bytes}" in guide
+        assert f"a 24 GiB card {24 * GiB // entry.vram_claim_bytes}" in guide

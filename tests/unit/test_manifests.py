@@ -12,7 +12,7 @@ import yaml
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy import manifests
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving import cli
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import builtin_catalog_entries
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import builtin_catalog_entries, share_parameters
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.runtime import PaddleOcrRuntime
 from vllm_paddle_ocr.plugin.manager import get_plugin_manager, runtimes
 from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
@@ -100,7 +100,13 @@ def test_backend_yaml_has_the_shape_gpustack_imports(files):
         assert placeholder in command
     assert backend["health_check_path"] == "/v1/models"
     assert backend["parameter_format"] == "equal"
-    assert backend["default_env"] == {"PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
+    # The deploy form's pre-fill: the newest entry's recipe flags and its claim in bytes, no fraction.
+    newest = builtin_catalog_entries()[-1]
+    assert backend["default_env"] == {
+        "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True", "GPUSTACK_MODEL_VRAM_CLAIM": str(newest.vram_claim_bytes)
+    }
+    assert backend["default_backend_param"] == newest.backend_parameters
+    assert not [p for p in backend["default_backend_param"] if p.startswith("--gpu-memory-utilization")]
 
 
 # --- catalogs ----------------------------------------------------------------------------------------
@@ -116,8 +122,12 @@ def test_07_catalog_runs_the_bin_dir_executable(files):
         assert sources == {"huggingface", "model_scope"}
         for template in model_set["templates"]:
             assert (template["backend"], template["backend_version"]) == ("vllm", "paddle_ocr")
-            assert template["backend_parameters"] == entry.backend_parameters
+            # 0.7 books a share of the card: the fraction, planned for the card the description names.
+            assert template["backend_parameters"] == share_parameters(entry)
+            assert template["backend_parameters"][0] == f"--gpu-memory-utilization={entry.gpu_memory_utilization:.2f}"
             assert template["env"] == entry.env
+        assert f"planned for a {entry.planned_card_bytes // 1024**3} GiB card" in model_set["description"]
+        assert "--gpu-total" in model_set["description"]
 
 
 @pytest.mark.parametrize(("key", "source"), [("catalog_2x", "huggingface"), ("catalog_2x_modelscope", "model_scope")])
@@ -133,7 +143,19 @@ def test_2x_catalogs_use_the_custom_backend_one_source_each(files, key, source):
         for spec in model_set["specs"]:
             assert spec["backend"] == backend["backend_name"]
             assert spec["backend_version"] in backend["version_configs"]
-            assert spec["backend_parameters"] == entries[model_set["name"]].backend_parameters
+            # 2.x books bytes: the claim in the env, no fraction to multiply by whatever card it lands on.
+            entry = entries[model_set["name"]]
+            assert spec["backend_parameters"] == entry.backend_parameters
+            assert not [p for p in spec["backend_parameters"] if p.startswith("--gpu-memory-utilization")]
+            assert spec["env"] == {**entry.env, "GPUSTACK_MODEL_VRAM_CLAIM": str(entry.vram_claim_bytes)}
+
+
+def test_the_claim_stays_out_of_the_image_and_the_plain_container_manifests(files):
+    # A claim baked into the image would size every GPUStack instance to it, booked or not; outside
+    # GPUStack nobody books, and the instance budgets from what NVML reads.
+    assert "GPUSTACK_MODEL_VRAM_CLAIM" not in files[manifests.PATHS["dockerfile"]]
+    assert "GPUSTACK_MODEL_VRAM_CLAIM" not in files[manifests.PATHS["compose"]]
+    assert "GPUSTACK_MODEL_VRAM_CLAIM" not in files[manifests.PATHS["kubernetes"]]
 
 
 # --- image, Compose, Kubernetes ----------------------------------------------------------------------

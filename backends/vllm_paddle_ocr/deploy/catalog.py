@@ -2,8 +2,10 @@
 
 A `CatalogEntry` is neutral: it knows the model (sources, sizes, licence) and the launch parameters, not
 GPUStack's schema; `manifests.py` renders it as a GPUStack 0.7 model set, a 2.x model set, or both.
-The `--gpu-memory-utilization=X` in the parameters is the same budget `vllm_paddle_ocr plan <model>
---gpu-total <card>` prints for the published model, planned for `PLANNED_CARD_BYTES`.
+Its budget comes in the two forms control planes book, both what `vllm_paddle_ocr plan` prints for the
+published model at the default concurrency: the claim in bytes (`plan --gpustack-claim`), which holds on
+any card because the runtime sizes vLLM inside it where it lands, and the fraction of a
+`PLANNED_CARD_BYTES` card (`plan --gpu-total 24GiB`) for control planes that book a share of the card.
 """
 
 from __future__ import annotations
@@ -14,21 +16,35 @@ from datetime import date
 from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 
 from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, memory_needs
-from ..planning.vram import VramOptions, gpustack_parameter, plan_vram
+from ..planning.vram import DEFAULT_CONCURRENCY, VRAM_CLAIM_ENV, VramOptions, gpustack_claim, gpustack_parameter, plan_vram
 from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
-from ..sizes import GiB
+from ..sizes import GiB, format_bytes
 
-# The card the catalog's budget is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest
-# common data-centre card; on a larger one the fraction is lower (plan it with `vllm_paddle_ocr plan`).
+# The card the fraction is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest common
+# data-centre card; on a larger one the fraction is lower (plan it with `vllm_paddle_ocr plan`).
 PLANNED_CARD_BYTES = 24 * GiB
 RUNTIME_NAME = "vllm_paddle_ocr"
 
 
 def budget_note(entry: CatalogEntry) -> str:
-    """Says which card the budget in an entry's backend_parameters is planned for."""
-    if entry.planned_card_bytes is None:
+    """Says which card the fraction of an entry's share parameters is planned for."""
+    if entry.gpu_memory_utilization is None or entry.planned_card_bytes is None:
         return "no budget planned"
     return f"budget planned for a {card_size(entry.planned_card_bytes)} card"
+
+
+def share_parameters(entry: CatalogEntry) -> list[str]:
+    """The parameters for a control plane that books a share of the card: the fraction first, then the entry's."""
+    if entry.gpu_memory_utilization is None:
+        return list(entry.backend_parameters)
+    return [gpustack_parameter(entry.gpu_memory_utilization), *entry.backend_parameters]
+
+
+def claim_env(entry: CatalogEntry) -> dict[str, str]:
+    """The environment for a control plane that books bytes: the entry's, with the claim GPUStack 2.x reads."""
+    if entry.vram_claim_bytes is None:
+        return dict(entry.env)
+    return {**entry.env, VRAM_CLAIM_ENV: str(entry.vram_claim_bytes)}
 
 
 def card_size(card_bytes: int) -> str:
@@ -98,6 +114,12 @@ def published_needs() -> ModelMemoryNeeds:
 
 
 @functools.lru_cache(maxsize=None)
+def planned_claim() -> int:
+    """The bytes one instance of the published model takes on its GPU at the default concurrency, on any card."""
+    return gpustack_claim(published_needs(), VramOptions())
+
+
+@functools.lru_cache(maxsize=None)
 def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
     """The --gpu-memory-utilization the runtime plans for the published model on a card of this size."""
     plan = plan_vram(published_needs(), None, VramOptions(gpu_total_bytes=card_bytes))
@@ -106,35 +128,25 @@ def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
     return plan.gpu_memory_utilization
 
 
-def budget_parameter(card_bytes: int = PLANNED_CARD_BYTES) -> str:
-    """The budget as GPUStack's scheduler reads it: one `--gpu-memory-utilization=X` item."""
-    return gpustack_parameter(planned_fraction(card_bytes))
-
-
 def recommended_parameters() -> list[str]:
     """vLLM's recipe flags for PaddleOCR-VL in `--flag=value` form (one list item each)."""
     return [f"{flag}={values[0]}" if values else flag for flag, values in RECOMMENDED_FLAGS]
 
 
-def backend_parameters(card_bytes: int = PLANNED_CARD_BYTES) -> list[str]:
-    """What a catalog entry passes: the budget, then the recipe flags.
-
-    No --trust-remote-code: the runtime adds it exactly where the downloaded repo carries remote code
-    (the published repos do) and leaves it out where it would break the start.
-    """
-    return [budget_parameter(card_bytes), *recommended_parameters()]
-
-
 _DESCRIPTION = (
-    "{name} on vLLM through vllm_paddle_ocr: a budgeted share of the GPU ({budget}), the OpenAI API "
-    "and PaddleX's /layout-parsing on the same port."
+    "{name} on vLLM through vllm_paddle_ocr: {budget} of GPU memory, sized from the model for "
+    "{concurrency} in-flight blocks, the OpenAI API and PaddleX's /layout-parsing on the same port."
 )
 
 
 def builtin_catalog_entries() -> list[CatalogEntry]:
-    """PaddleOCR-VL (0.9B) and PaddleOCR-VL-1.5, from Hugging Face and ModelScope, on this runtime."""
-    parameters = backend_parameters()
-    budget = f"{budget_parameter()} on a {card_size(PLANNED_CARD_BYTES)} card"
+    """PaddleOCR-VL (0.9B) and PaddleOCR-VL-1.5, from Hugging Face and ModelScope, on this runtime.
+
+    No --trust-remote-code in the parameters: the runtime adds it exactly where the downloaded repo
+    carries remote code (the published repos do) and leaves it out where it would break the start.
+    """
+    claim = planned_claim()
+    budget = dict(budget=format_bytes(claim), concurrency=DEFAULT_CONCURRENCY)
     common = dict(
         home="https://www.paddleocr.ai",
         icon="/static/catalog_icons/baidu.jpeg",
@@ -143,15 +155,17 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
         size=0.9,
         licenses=["apache-2.0"],
         quantization="BF16",
-        backend_parameters=parameters,
+        backend_parameters=recommended_parameters(),
         env=dict(DEFAULT_ENV),
+        vram_claim_bytes=claim,
+        gpu_memory_utilization=planned_fraction(PLANNED_CARD_BYTES),
         planned_card_bytes=PLANNED_CARD_BYTES,
         runtime=RUNTIME_NAME,
     )
     return [
         CatalogEntry(
             name="PaddleOCR-VL",
-            description=_DESCRIPTION.format(name="PaddleOCR-VL-0.9B (document parsing in 109 languages)", budget=budget),
+            description=_DESCRIPTION.format(name="PaddleOCR-VL-0.9B (document parsing in 109 languages)", **budget),
             release_date=date(2025, 10, 16),
             model_version="0.9B",
             sources=ModelSources(
@@ -161,7 +175,7 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
         ),
         CatalogEntry(
             name="PaddleOCR-VL-1.5",
-            description=_DESCRIPTION.format(name="PaddleOCR-VL-1.5 (with PP-DocLayoutV3 layout)", budget=budget),
+            description=_DESCRIPTION.format(name="PaddleOCR-VL-1.5 (with PP-DocLayoutV3 layout)", **budget),
             release_date=date(2026, 1, 29),
             model_version="1.5",
             sources=ModelSources(

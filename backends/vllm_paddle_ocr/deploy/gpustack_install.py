@@ -18,7 +18,7 @@ from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.manager import catalog_entries, get_plugin_manager, get_runtime
 from vllm_paddle_ocr.plugin.records import CatalogEntry, Runtime
 
-from .catalog import RUNTIME_NAME, budget_note
+from .catalog import RUNTIME_NAME, budget_note, share_parameters
 
 DEFAULT_DATA_DIR = "/var/lib/gpustack"
 
@@ -135,7 +135,7 @@ def model_settings(runtime: Runtime, entries: list[CatalogEntry]) -> str:
         if entry.runtime != runtime.name:
             continue
         lines.append(f"  backend_parameters for {entry.name} ({budget_note(entry)}):")
-        lines += [f"    {parameter}" for parameter in entry.backend_parameters]
+        lines += [f"    {parameter}" for parameter in share_parameters(entry)]
     lines += [
         "The --gpu-memory-utilization=X value is the budget GPUStack's scheduler books on the GPU; plan",
         "it for your card with `vllm_paddle_ocr plan <model_path> --gpu-total <size>`.",
