@@ -1,10 +1,13 @@
 """`vllm_paddle_ocr plan` as a catalog author runs it: any machine, no GPU, a JSON plan out."""
 
 import json
+import os
 import subprocess
 import sys
 
-from tests.fixtures.tiny_vlm import write_fake_vlm_config
+from tests.fixtures.tiny_vlm import write_fake_vlm_config, write_published_size_vlm
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import builtin_catalog_entries
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import CUDA_CONTEXT_BYTES
 
 GiB = 1024**3
 
@@ -72,3 +75,49 @@ def test_help_reads_like_vllms():
     assert serve.stdout.startswith("usage: vllm_paddle_ocr serve <model_path>")
     for section in ("positional arguments:", "options:", "runtime options:", "vLLM options:", "--gpu-total SIZE"):
         assert section in serve.stdout
+
+
+def test_gpustack_claim_prints_the_catalogs_bytes_for_the_published_model(tmp_path):
+    repo = write_published_size_vlm(tmp_path / "repo")
+    out = run("plan", str(repo), "--gpustack-claim")
+    assert out.returncode == 0, out.stderr
+    (entry, *_) = builtin_catalog_entries()
+    assert out.stdout == f"{entry.vram_claim_bytes}\n"
+    more = run("plan", str(repo), "--gpustack-claim", "--concurrency", "64")
+    assert more.returncode == 0 and int(more.stdout) > entry.vram_claim_bytes
+    # The person's plan shows the same bytes, and how many instances GPUStack books on the card.
+    people = run("plan", str(repo), "--gpu-total", "24GiB")
+    line = next(line for line in people.stdout.splitlines() if line.startswith("GPUStack 2.x:"))
+    assert f"GPUSTACK_MODEL_VRAM_CLAIM={entry.vram_claim_bytes} " in line
+    assert f"{24 * GiB // entry.vram_claim_bytes} of them fit planned card (24.00 GiB)" in line
+    assert any(line.startswith("GPUStack 0.7: --gpu-memory-utilization=") for line in people.stdout.splitlines())
+
+
+def test_gpustack_claim_refuses_a_users_fraction(tmp_path):
+    repo = write_published_size_vlm(tmp_path / "repo")
+    out = run("plan", str(repo), "--gpustack-claim", "--gpu-memory-utilization=0.3")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "share of each card" in out.stderr
+
+
+def test_a_booked_claim_sizes_vllm_inside_it_on_the_stated_card(tmp_path):
+    repo = write_published_size_vlm(tmp_path / "repo")
+    (entry, *_) = builtin_catalog_entries()
+    env = {**os.environ, "GPUSTACK_MODEL_VRAM_CLAIM": str(entry.vram_claim_bytes)}
+    for card in (24, 80):
+        out = run("plan", str(repo), "--gpu-total", f"{card}GiB", "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        plan = json.loads(out.stdout)
+        fraction = float(flag_value(plan["vllm_argv"], "--gpu-memory-utilization"))
+        assert fraction * card * GiB + CUDA_CONTEXT_BYTES <= entry.vram_claim_bytes
+        assert plan["vram"]["claim_bytes"] == entry.vram_claim_bytes and plan["vram"]["concurrency"] == 16
+
+
+def test_serve_refuses_a_claim_too_small_in_one_line_before_starting_anything(tmp_path):
+    repo = write_published_size_vlm(tmp_path / "repo")
+    env = {**os.environ, "GPUSTACK_MODEL_VRAM_CLAIM": str(2 * GiB)}
+    out = run("serve", str(repo), "--gpu-total", "24GiB", "--port", "1", env=env)
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()[-1:]
+    assert line.startswith("vllm_paddle_ocr serve: error: GPUSTACK_MODEL_VRAM_CLAIM=2147483648 (2.00 GiB) is less than")
+    assert "book at least" in line and "Traceback" not in out.stderr

@@ -13,12 +13,14 @@ from vllm_paddle_ocr.plugin.records import LaunchPlan
 
 from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
-from ..planning.vram import summary
+from ..planning.vram import gpustack_claim_of, gpustack_lines, summary
 from .argv import OWN_OPTIONS, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
 
 SERVE_USAGE = "vllm_paddle_ocr {command} <model_path> [options] [vLLM options]"
+# `plan`'s own switches: how to print, never part of the serve request.
+PLAN_SWITCHES = ("--json", "--gpustack-claim")
 
 
 def _serve_help(command: str) -> str:
@@ -46,6 +48,10 @@ def _serve_help(command: str) -> str:
     ]
     if command == "plan":
         lines.append("  --json                Print the plan as JSON.")
+        lines += [
+            "  --gpustack-claim      Print only the bytes to book for --concurrency N (GPUStack 2.x's",
+            "                        GPUSTACK_MODEL_VRAM_CLAIM); the same on any card.",
+        ]
     lines += ["", "runtime options:"]
     for option in OWN_OPTIONS:
         head = f"  {option.flag}" + ("" if option.convert is None else f" {option.metavar}")
@@ -102,11 +108,15 @@ def _run(argv: list[str]) -> int:
             sys.stdout.write(_serve_help(command))
             return 0
         as_json = command == "plan" and "--json" in rest
-        rest = [token for token in rest if not (command == "plan" and token == "--json")]
+        claim_only = command == "plan" and "--gpustack-claim" in rest
+        rest = [token for token in rest if not (command == "plan" and token in PLAN_SWITCHES)]
         request = parse_serve_argv(rest)
         pm = get_plugin_manager()
         if command == "plan":
             plan = plan_launch(pm, request)
+            if claim_only:
+                sys.stdout.write(f"{gpustack_claim_of(plan.vram)}\n")
+                return 0
             sys.stdout.write(plan.to_json() + "\n" if as_json else describe_plan(plan))
             return 0
         from .supervisor import serve  # the server's imports (uvicorn, the proxy) only when serving
@@ -136,7 +146,8 @@ def describe_plan(plan: LaunchPlan) -> str:
         lines.append(f"VRAM:         {vram.reason if vram is not None else 'no budget planned'}")
     else:
         lines.append(f"VRAM:         {summary(vram)}")
-        lines.append(f"GPUStack:     {vram.gpustack_parameter}")
+    if vram is not None:
+        lines += gpustack_lines(vram)
     lines.append("vLLM argv:    " + " ".join(plan.vllm_argv))
     lines += [f"note:         {note}" for note in plan.notes]
     if vram is not None:
