@@ -1,9 +1,10 @@
-"""A real GPUStack 2.x server on loopback for the integration tests: PostgreSQL, a venv, the process, its API."""
+"""A real GPUStack 2.x server on loopback for the integration tests: PostgreSQL, a venv, the process, its API, and workers reporting GPUs to it."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import http.server
 import json
 import os
 import pwd
@@ -13,10 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +35,8 @@ SETUP_VENVS = {
 PG_BIN_ENV_VAR = "PG_BIN"
 START_TIMEOUT_S = float(os.environ.get("GPUSTACK_START_TIMEOUT", "420"))
 ADMIN_PASSWORD = "Vpo-test-1"
+# A reporting worker's heartbeat period: well inside the server's 150 s grace (GPUSTACK_WORKER_HEARTBEAT_GRACE_PERIOD).
+HEARTBEAT_INTERVAL_S = 15
 
 
 class HarnessError(RuntimeError):
@@ -226,14 +232,17 @@ class GPUStackServer:
         with self._opener.open(request, timeout=30):
             pass
 
-    def request(self, method: str, path: str, payload: Any = None, timeout: float = 120) -> Any:
-        """Call the API as admin; JSON in, JSON out; an error status raises ApiError."""
+    def request(self, method: str, path: str, payload: Any = None, timeout: float = 120, token: str | None = None) -> Any:
+        """Call the API as admin, or with a bearer token (a worker's); JSON in, JSON out; an error status raises ApiError."""
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        opener = self._opener if token is None else urllib.request.build_opener()
         try:
-            with self._opener.open(request, timeout=timeout) as answer:
+            with opener.open(request, timeout=timeout) as answer:
                 text = answer.read().decode()
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, exc.read().decode(errors="replace")) from None
@@ -257,6 +266,128 @@ class GPUStackServer:
 
     def log_tail(self) -> str:
         return _tail(self.log)
+
+
+# --- A worker, as the server knows one -------------------------------------------------------------
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    """The worker endpoint the server probes for reachability; nothing else is served."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReportedGpu:
+    """One GPU as a worker's status reports it (GPUStack's GPUDeviceStatus)."""
+
+    name: str
+    total_bytes: int
+    vendor: str = "nvidia"
+    type: str = "cuda"  # the framework a custom backend's version must name
+
+    def status(self, index: int) -> dict[str, Any]:
+        return {
+            "vendor": self.vendor, "type": self.type, "index": index, "device_index": index, "name": self.name,
+            "uuid": f"GPU-{uuid.uuid5(uuid.NAMESPACE_OID, f'{self.name}-{index}')}", "driver_version": "550.54.15",
+            "runtime_version": "12.4", "compute_capability": "9.0", "core": {"total": 132, "utilization_rate": 0.0},
+            "memory": {"total": self.total_bytes, "used": 0, "utilization_rate": 0.0, "is_unified_memory": False},
+        }  # fmt: skip
+
+
+class ReportingWorker:
+    """A GPUStack worker as the server sees one, through the API a worker uses: registration, status, heartbeats.
+
+    It registers with a cluster's registration token (POST /v2/workers), reports its GPUs with the worker
+    token it gets back (POST /v2/worker-status) and keeps its heartbeat (POST /v2/worker-heartbeat), and
+    answers the server's reachability probe on a loopback port. It starts no workload, so the instances
+    the scheduler places on it stay SCHEDULED with their placement and VRAM claim, for a test to read.
+    """
+
+    def __init__(self, server: GPUStackServer, registration_token: str, name: str, gpus: list[ReportedGpu]) -> None:
+        self.server = server
+        self.registration_token = registration_token
+        self.name = name
+        self.gpus = gpus
+        self.id: int | None = None
+        self._token: str | None = None
+        self._status: dict[str, Any] = {}
+        self._healthz = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthz)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _report(self) -> None:
+        self.server.request("POST", "/v2/worker-status", self._status, token=self._token)
+        self.server.request("POST", "/v2/worker-heartbeat", token=self._token)
+
+    def _keep_reporting(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            with contextlib.suppress(ApiError, OSError):
+                self._report()
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Register, report, and wait until the server counts the worker READY."""
+        self._threads = [
+            threading.Thread(target=self._healthz.serve_forever, daemon=True),
+            threading.Thread(target=self._keep_reporting, daemon=True),
+        ]
+        self._threads[0].start()
+        gib = 1024**3
+        status = {
+            "cpu": {"total": 32, "utilization_rate": 1.0},
+            "memory": {"total": 512 * gib, "used": 8 * gib, "utilization_rate": 1.5, "is_unified_memory": False},
+            "swap": {"total": 0},
+            "filesystem": [],
+            "os": {"name": "Linux", "version": "12"},
+            "kernel": {"name": "Linux", "release": "6.1.0", "version": "6.1.0", "architecture": "x86_64"},
+            "uptime": {"uptime": 3600.0, "boot_time": "2026-01-01 00:00:00"},
+        }
+        identity = {
+            "hostname": self.name, "ip": "127.0.0.1", "ifname": "lo", "port": self._healthz.server_address[1],
+            "system_reserved": {"ram": 0, "vram": 0}, "state_message": None,  # GPUStack's defaults
+        }  # fmt: skip
+        # As a worker does: register with its system status first, then report its GPUs.
+        registered = self.server.request(
+            "POST", "/v2/workers", {**identity, "name": self.name, "labels": {}, "worker_uuid": "", "status": status},
+            token=self.registration_token,
+        )
+        self.id, self._token = registered["id"], registered["token"]
+        gpus = [gpu.status(index) for index, gpu in enumerate(self.gpus)]
+        self._status = {**identity, "worker_uuid": registered["worker_uuid"], "status": {**status, "gpu_devices": gpus}}
+        self._report()
+        self._threads[1].start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            worker = self.server.request("GET", f"/v2/workers/{self.id}")
+            if worker["state"] == "ready":
+                return
+            time.sleep(1)
+        raise HarnessError(f"worker {self.name} is {worker['state']}, not ready, after {timeout_s:.0f} s: {worker.get('state_message')}")
+
+    def stop(self) -> None:
+        """Stop reporting and remove the worker from the server; never raises."""
+        self._stop.set()
+        self._healthz.shutdown()
+        self._healthz.server_close()
+        if self.id is not None:
+            with contextlib.suppress(ApiError, OSError):
+                self.server.request("DELETE", f"/v2/workers/{self.id}")
+
+
+@contextlib.contextmanager
+def reporting_worker(server: GPUStackServer, registration_token: str, name: str, gpus: list[ReportedGpu]) -> Iterator[ReportingWorker]:
+    """A READY worker reporting these GPUs for the duration of the block; removed on the way out."""
+    worker = ReportingWorker(server, registration_token, name, gpus)
+    try:
+        worker.start()
+        yield worker
+    finally:
+        worker.stop()
 
 
 @contextlib.contextmanager

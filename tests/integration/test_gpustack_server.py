@@ -135,8 +135,9 @@ def test_backend_yaml_imports_and_reads_back_field_for_field(gpustack, imported_
                 assert {k: stored[key][version][k] for k in config} == config
         else:
             assert stored[key] == value, key
-    # The UI pre-fill carries the budget in the form GPUStack's scheduler reads.
-    assert any(p.startswith("--gpu-memory-utilization=") for p in stored["default_backend_param"])
+    # The deploy form's pre-fill carries the budget as the bytes GPUStack's scheduler books, and no fraction.
+    assert int(stored["default_env"]["GPUSTACK_MODEL_VRAM_CLAIM"]) > 0
+    assert not [p for p in stored["default_backend_param"] if p.startswith("--gpu-memory-utilization")]
 
 
 def test_broken_backend_yaml_fails_the_round_trip(gpustack, backend_doc):
@@ -190,7 +191,8 @@ def test_catalog_sets_and_specs_are_served_as_written(gpustack, catalog_doc):
     for model_set in served.values():
         for spec in model_set["specs"]:
             assert spec["backend"] == "vllm-paddle-ocr-custom"
-            assert any(p.startswith("--gpu-memory-utilization=") for p in spec["backend_parameters"])
+            assert int(spec["env"]["GPUSTACK_MODEL_VRAM_CLAIM"]) > 0
+            assert not [p for p in spec["backend_parameters"] if p.startswith("--gpu-memory-utilization")]
 
 
 @pytest.mark.parametrize("catalog_key", ["catalog_2x", "catalog_2x_modelscope"])
