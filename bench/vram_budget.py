@@ -6,6 +6,10 @@ the same NVML boundary the runtime uses, and the model is PaddleOCR-VL-0.9B as a
 no weights are downloaded or written).
 
     .venv/bin/python bench/vram_budget.py
+
+The last table compares GPUStack's booking per instance on each card: the fraction of the card a
+catalog planned for 24 GiB books (the baseline), against the claim in bytes the 2.x catalog books, which
+the runtime fits vLLM inside wherever the instance lands.
 """
 
 from __future__ import annotations
@@ -135,6 +139,48 @@ def instances_with_fraction(snap: GpuSnapshot, fraction: float) -> int:
     return count
 
 
+def booking_rows(needs: ModelMemoryNeeds) -> list[dict]:
+    """Per card: what GPUStack 2.3 books with a fraction planned for 24 GiB (the baseline) and with the claim in bytes.
+
+    'takes' is what the instance holds at the default concurrency: the plan's estimate, the same on any card.
+    """
+    claim = vram.gpustack_claim(needs, vram.VramOptions())
+    # GPUStack 2.3 books a custom backend at max(its estimate, total x a declared fraction); the estimate
+    # is the weight files x 1.2 + 2 GiB (policies/utils.py, estimate_model_vram).
+    gpustack_estimate = int(needs.checkpoint_bytes * 1.2) + 2 * GiB
+    planned_24 = vram.plan_vram(needs, None, vram.VramOptions(gpu_total_bytes=24 * GiB)).gpu_memory_utilization
+    rows = []
+    for label, name in CARDS[:5]:
+        snap = snapshot(name)
+        gpu = snap.gpus[0]
+        inside = vram.plan_vram(needs, snap, vram.VramOptions(vram_claim_bytes=claim))
+        takes = inside.needed_bytes
+        by_share = max(gpustack_estimate, int(planned_24 * gpu.total_bytes))
+        rows.append({
+            "card": label,
+            "total_gib": round(gpu.total_bytes / GiB, 2),
+            "takes_gib": round(takes / GiB, 2),
+            "share_booked_gib": round(by_share / GiB, 2),
+            "share_over_takes": round(by_share / takes, 2),
+            "share_instances": gpu.total_bytes // by_share,
+            "claim_booked_gib": round(claim / GiB, 2),
+            "claim_over_takes": round(claim / takes, 2),
+            "claim_instances": gpu.total_bytes // claim,
+            "vllm_fraction": vram.fraction_text(inside.gpu_memory_utilization),
+            "concurrency": inside.concurrency,
+        })
+    return rows
+
+
+def print_table(headers: list[str], keys: list[str], rows: list[dict]) -> None:
+    table = [headers] + [[str(row[k]) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
+    for i, line in enumerate(table):
+        print("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the table as JSON rows")
@@ -166,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         })
     h100 = vram.plan_vram(needs, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
     h100_worst = vram.plan_vram(worst, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
+    bookings = booking_rows(needs)
     if args.json:
-        print(json.dumps({"rows": rows, "goal_met": h100.claim_bytes <= GOAL_BYTES}, indent=2))
+        print(json.dumps({"rows": rows, "bookings": bookings, "goal_met": h100.claim_bytes <= GOAL_BYTES}, indent=2))
         return 0 if h100.claim_bytes <= GOAL_BYTES else 1
 
     print("PaddleOCR-VL-0.9B: GiB claimed per instance (GPUStack books this; vLLM checks it against free memory)")
@@ -185,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                "fit c16", "fit c64", "fit vLLM", "fit PaddleX"]
     keys = ["card", "total_gib", "free_gib", "plan_c1", "plan_c16", "plan_c64", "vllm_0.92", "vllm_0.9", "paddlex_0.5",
             "instances_plan_c16", "instances_plan_c64", "instances_vllm", "instances_paddlex"]
-    table = [headers] + [[str(row[k]) for k in keys] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
-    for i, line in enumerate(table):
-        print("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(headers, keys, rows)
     print()
     print("fit = PaddleOCR-VL instances that start on the card one after another (the per-GPU start lock)")
     print(
@@ -203,6 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sized for PaddleX's 4096-token answer cap instead ({worst.tokens_per_request} tokens a block), "
         f"the same plan would claim {h100_worst.claim_bytes / GiB:.2f} GiB"
+    )
+    print()
+    print(
+        "GPUStack 2.3's booking per instance at concurrency 16, booked over taken (1.00 = the booking is what the "
+        "instance holds; below 1.00 it places more than the card holds): --gpu-memory-utilization planned for a "
+        "24 GiB card (the baseline), and GPUSTACK_MODEL_VRAM_CLAIM in bytes; fit = instances GPUStack places on the card"
+    )
+    print_table(
+        ["card", "total", "takes", "share booked", "share/takes", "share fit", "claim booked", "claim/takes",
+         "claim fit", "vLLM fraction inside", "c"],
+        ["card", "total_gib", "takes_gib", "share_booked_gib", "share_over_takes", "share_instances", "claim_booked_gib",
+         "claim_over_takes", "claim_instances", "vllm_fraction", "concurrency"],
+        bookings,
     )
     return 0 if h100.claim_bytes <= GOAL_BYTES else 1
 
