@@ -75,6 +75,8 @@ def test_help_reads_like_vllms():
     assert serve.stdout.startswith("usage: vllm_paddle_ocr serve <model_path>")
     for section in ("positional arguments:", "options:", "runtime options:", "vLLM options:", "--gpu-total SIZE"):
         assert section in serve.stdout
+    assert "environment:\n  GPUSTACK_MODEL_VRAM_CLAIM=BYTES" in serve.stdout
+    assert "--gpustack-claim" in run("plan", "--help").stdout and "--gpustack-claim" not in serve.stdout
 
 
 def test_gpustack_claim_prints_the_catalogs_bytes_for_the_published_model(tmp_path):

@@ -13,7 +13,7 @@ from vllm_paddle_ocr.plugin.records import LaunchPlan
 
 from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
-from ..planning.vram import gpustack_claim_of, gpustack_lines, summary
+from ..planning.vram import VRAM_CLAIM_ENV, gpustack_claim_of, gpustack_lines, summary
 from .argv import OWN_OPTIONS, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
@@ -62,6 +62,11 @@ def _serve_help(command: str) -> str:
             lines += [head, " " * 24 + wrapped[0]]
         lines += [" " * 24 + rest for rest in wrapped[1:]]
     lines += [
+        "",
+        "environment:",
+        f"  {VRAM_CLAIM_ENV}=BYTES",
+        "                        Bytes GPUStack 2.x booked for this instance (the model's env): vLLM is",
+        "                        sized inside them on this card, and a claim too small is refused at start.",
         "",
         "vLLM options:",
         "  Every other option is passed to vLLM verbatim (see `python -m vllm.entrypoints.openai.api_server",
