@@ -331,6 +331,7 @@ def test_a_users_fraction_beside_a_claim_is_kept_and_books_the_larger(needs, cla
     assert plan.source == "user" and plan.gpu_memory_utilization == 0.2
     assert plan.claim_bytes == math.ceil(0.2 * plan.gpu.cuda_total_bytes) + CUDA_CONTEXT_BYTES > claim
     assert plan.gpustack_claim_bytes is None  # a share of each card has no one byte figure
+    assert plan.gpustack_parameter == "--gpu-memory-utilization=0.20"  # what GPUStack 2.3 books beside the claim
     assert any(note.startswith("GPUStack 2.3 books the larger of GPUSTACK_MODEL_VRAM_CLAIM") for note in plan.notes)
     with pytest.raises(VramError, match="share of each card"):
         vram.gpustack_claim_of(plan)

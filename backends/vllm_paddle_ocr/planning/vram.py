@@ -20,8 +20,8 @@ A control plane that books bytes instead of a share of the card (GPUStack 2.x re
 GPUSTACK_MODEL_VRAM_CLAIM from the model's environment) gets one figure for every card:
   claim      = needed x (1 + margin), rounded up to a MiB (what `plan --gpustack-claim` prints)
 and an instance started with that claim (`VramOptions.vram_claim_bytes`) fits inside it on whatever card
-it lands on: the concurrency is the largest that fits the claim, and vLLM is asked for the claim less
-what it holds before its check, as a fraction of that card's total rounded down:
+it lands on: the concurrency asked, or the largest below it that fits the claim, and vLLM is asked for
+the claim less what it holds before its check, as a fraction of that card's total rounded down:
   fraction   = (claim - CUDA context [- NCCL buffers]) / total, rounded down to 0.000001
 With --kv-cache-memory-bytes vLLM uses the fraction only for that start-up check, so the instance holds
 the planned bytes and needs the claim free to start: what the scheduler kept free for it.
@@ -401,9 +401,11 @@ def _plan(
     fraction = fields.get("gpu_memory_utilization")
     # A user's fraction is a share of each card: no byte figure holds on every card for it.
     claim = None if options.gpu_memory_utilization is not None else gpustack_claim(needs, options, requested)
+    # Inside a booked claim the planned fraction is this card's share of the claim, not a booking.
+    booked_in_bytes = options.vram_claim_bytes is not None and options.gpu_memory_utilization is None
     gpu: PlannedGpu | None = fields.get("gpu")
     return VramPlan(
-        gpustack_parameter=None if fraction is None or options.vram_claim_bytes else gpustack_parameter(fraction),
+        gpustack_parameter=None if fraction is None or booked_in_bytes else gpustack_parameter(fraction),
         gpustack_claim_bytes=claim,
         gpustack_instances_per_gpu=None if claim is None or gpu is None else gpu.total_bytes // (claim // tp),
         concurrency=concurrency,
