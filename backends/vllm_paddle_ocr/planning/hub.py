@@ -44,13 +44,15 @@ def downloads_off() -> bool:
 
 def huggingface_snapshot(repo_id: str) -> Path:
     """The cached snapshot of `repo_id`, or a fresh download of it (with huggingface_hub's progress bars)."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
+    from huggingface_hub import constants, errors, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # Releases before the check for partial snapshots return a partial one as found.
+    incomplete = getattr(errors, "IncompleteSnapshotError", LocalEntryNotFoundError)
     cache = constants.HF_HUB_CACHE
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except IncompleteSnapshotError:
+    except incomplete:
         cached = "only partly in"
     except LocalEntryNotFoundError:
         cached = "neither a directory nor in"
