@@ -48,7 +48,7 @@ def huggingface_snapshot(repo_id: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     # Releases before the check for partial snapshots return a partial one as found.
-    incomplete = getattr(errors, "IncompleteSnapshotError", LocalEntryNotFoundError)
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # () catches nothing
     cache = constants.HF_HUB_CACHE
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
