@@ -25,6 +25,9 @@ MAX_RETRY_AFTER_S = 300.0
 
 Progress = Callable[[int, "int | None"], None]  # (pages done, pages in total when known)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DOCUMENT_SUFFIXES = (".pdf", *IMAGE_SUFFIXES)
+
 
 class ServerError(VllmPaddleOcrError):
     """The server refused or failed a document; the message is the server's own (PaddleX's errorMsg)."""
@@ -61,9 +64,6 @@ def file_type(name: str) -> int | None:
         return 1
     return None
 
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DOCUMENT_SUFFIXES = (".pdf", *IMAGE_SUFFIXES)
 
 
 class LayoutParsingClient:

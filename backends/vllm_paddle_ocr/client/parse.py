@@ -152,7 +152,9 @@ async def parse_documents(
                 markdown = await client.join_pages(results, restructure=_restructure_options(options))
                 outcome.markdown, outcome.pictures = await asyncio.to_thread(write_outputs, document, envelope, markdown)
                 outcome.pages = len(results)
-                overall.write(f"{document.path}: {outcome.pages} page(s) -> {outcome.markdown}")
+                overall.write(
+                    f"{document.path}: {outcome.pages} page(s), {outcome.pictures} picture(s) -> {outcome.markdown}"
+                )
             except (VllmPaddleOcrError, OSError) as exc:
                 outcome.error = str(exc)
                 overall.write(f"{document.path}: failed: {outcome.error}")

@@ -99,9 +99,8 @@ function pump() {
 }
 
 async function parseDocument(doc) {
-  doc.options = options();
   try {
-    const envelope = await client.parse(doc.file, doc.options, (progress) => {
+    const envelope = await client.parse(doc.file, options(), (progress) => {
       doc.status = progress.status;
       doc.progress = progress;
       renderDocument(doc);
