@@ -56,7 +56,9 @@ def test_an_unreachable_hub_is_one_line_naming_the_cache(tmp_path):
     run = plan(MODEL_ID, tmp_path, HF_HOME=str(hf_home), HF_HUB_OFFLINE="0", HF_ENDPOINT=endpoint)
     assert run.returncode == 1, run.stdout
     (line,) = run.stderr.strip().splitlines()[-1:]
-    assert line.startswith(f"vllm_paddle_ocr plan: error: cannot download {MODEL_ID} into the Hugging Face cache")
+    assert line.startswith(
+        f"vllm_paddle_ocr plan: error: {MODEL_ID} is no directory here and cannot be downloaded into the Hugging Face cache"
+    )
     assert str(hf_home / "hub") in line and "Traceback" not in run.stderr
 
 

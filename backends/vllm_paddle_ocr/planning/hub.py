@@ -67,7 +67,7 @@ def huggingface_snapshot(repo_id: str) -> Path:
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelIdError(
-            f"cannot download {repo_id} into the Hugging Face cache {cache}: {reason} "
+            f"{repo_id} is no directory here and cannot be downloaded into the Hugging Face cache {cache}: {reason} "
             "(HF_ENDPOINT names a mirror; or place the model in that cache, or pass its directory)"
         ) from None
 
