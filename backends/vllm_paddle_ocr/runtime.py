@@ -22,7 +22,7 @@ from vllm_paddle_ocr.plugin.records import (
 )
 
 from .deploy.catalog import builtin_catalog_entries
-from .planning import compatibility, engine, launch_plan, memory_needs, model_repo, vram
+from .planning import compatibility, engine, hub, launch_plan, memory_needs, model_repo, vram
 
 
 class PaddleOcrRuntime:
@@ -35,9 +35,11 @@ class PaddleOcrRuntime:
     executable = "vllm_paddle_ocr"
 
     def resolve_model(self, request: ServeRequest) -> ModelRepo:
-        """The VLM directory (root, early sub-directory, HF or ModelScope cache) and its layout model."""
+        """The VLM directory (root, early sub-directory, HF or ModelScope cache, a hub id's snapshot) and its layout model."""
         return model_repo.resolve_model_repo(
-            request.model_path, layout_model_dir=request.layout_model_dir, version=request.model_version
+            hub.local_model_path(request.model_path),
+            layout_model_dir=request.layout_model_dir,
+            version=request.model_version,
         )
 
     def detect_engine(self) -> EngineInfo:

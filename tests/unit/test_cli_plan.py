@@ -69,7 +69,7 @@ def test_plan_for_people_and_errors_for_people(tmp_path):
 
 def test_help_reads_like_vllms():
     top = run("--help")
-    assert top.returncode == 0 and "{serve,plan,manifests,gpustack}" in top.stdout
+    assert top.returncode == 0 and "{serve,plan,parse,manifests,gpustack}" in top.stdout
     serve = run("serve", "--help")
     assert serve.returncode == 0
     assert serve.stdout.startswith("usage: vllm_paddle_ocr serve <model_path>")

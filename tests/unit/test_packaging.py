@@ -41,6 +41,15 @@ def test_templates_ship_as_package_data(wheel):
     assert "vllm_paddle_ocr/templates/paddleocr_vl_1.5.jinja" in names
 
 
+def test_the_web_page_ships_as_package_data(wheel):
+    """The page and /docs work offline from an installed wheel: every file they serve is inside it."""
+    names = set(wheel.namelist())
+    web = ROOT / "backends" / "vllm_paddle_ocr" / "proxy" / "web"
+    served = [path for path in web.rglob("*") if path.is_file() and path.suffix != ".sh"]
+    assert len(served) > 20
+    assert {"vllm_paddle_ocr/" + str(path.relative_to(ROOT)) for path in served} - names == set()
+
+
 def test_console_script_and_entry_points(wheel):
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()

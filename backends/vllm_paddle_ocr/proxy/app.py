@@ -1,4 +1,4 @@
-"""The proxy's ASGI app, a router: /v1/* to vLLM untouched, the PaddleX endpoints, health, metrics and docs.
+"""The proxy's ASGI app, a router: /v1/* to vLLM untouched, the PaddleX endpoints, health, metrics, docs and the page.
 
 Each endpoint lives in its own module under `endpoints/`; this module builds the shared pieces once
 (state, metrics, the VLM client, the pipeline), hands them to the endpoints and maps paths to them.
@@ -14,11 +14,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
-from .endpoints import docs
+from .endpoints import docs, ui
 from .endpoints.health import Health
 from .endpoints.layout_parsing import LayoutParsing
 from .endpoints.restructure_pages import RestructurePages
@@ -88,6 +88,10 @@ def create_app(
         Route(restructure_pages.path, restructure_pages.answer, methods=["POST"]),
         Route("/openapi.json", docs.openapi, methods=["GET"]),
         Route("/docs", docs.docs, methods=["GET"]),
+        Route("/", ui.page, methods=["GET"]),
+        Route("/ui", ui.page, methods=["GET"]),
+        Route("/ui/", ui.page_with_slash, methods=["GET"]),
+        Mount(ui.ASSETS_PATH, ui.assets()),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

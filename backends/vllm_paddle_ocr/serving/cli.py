@@ -6,11 +6,13 @@ import argparse
 import logging
 import sys
 import textwrap
+from pathlib import Path
 
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.manager import get_plugin_manager, plan_launch
 from vllm_paddle_ocr.plugin.records import LaunchPlan
 
+from ..client import parse as parse_client
 from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
 from ..planning.vram import VRAM_CLAIM_ENV, gpustack_claim_of, gpustack_lines, summary
@@ -36,8 +38,10 @@ def _serve_help(command: str) -> str:
         what,
         "",
         "positional arguments:",
-        "  model_path            Model repo root, its PaddleOCR-VL-0.9B/ sub-directory, or a",
-        "                        HuggingFace/ModelScope cache entry.",
+        "  model_path            Model repo root, its PaddleOCR-VL-0.9B/ sub-directory, a",
+        "                        HuggingFace/ModelScope cache entry, or a model id: org/name",
+        "                        (Hugging Face) or modelscope:org/name, from the cache first and",
+        "                        downloaded unless HF_HUB_OFFLINE=1.",
         "",
         "options:",
         "  -h, --help            Show this help message and exit.",
@@ -78,9 +82,10 @@ def _serve_help(command: str) -> str:
 
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm_paddle_ocr", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,plan,manifests,gpustack}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,plan,parse,manifests,gpustack}")
     sub.add_parser("serve", help="Start vLLM and the proxy (GPUStack runs this).", add_help=False)
     sub.add_parser("plan", help="Print the launch plan and VRAM budget without starting anything.", add_help=False)
+    _add_parse_parser(sub)
     manifests = sub.add_parser("manifests", help="Write GPUStack catalogs, backend YAML, Dockerfile, Kubernetes and Compose files.")
     manifests.add_argument("--check", action="store_true", help="Fail when a committed file differs from what would be generated.")
     manifests.add_argument("--output-dir", default="manifests", help="Where to write (default ./manifests).")
@@ -91,6 +96,50 @@ def _top_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"GPUStack data dir (default {DEFAULT_DATA_DIR}).")
         cmd.add_argument("--bin-dir", default=None, help="GPUStack bin dir when set apart from <data-dir>/bin.")
     return parser
+
+
+def _add_parse_parser(sub: argparse._SubParsersAction) -> None:
+    parse = sub.add_parser(
+        "parse",
+        help="Turn PDFs and images into Markdown and JSON on a running server.",
+        description="Send each document to a running server's /layout-parsing; write OUT/<name>/<name>.md with its "
+        "pictures beside it and the JSON answer next to it. Exits non-zero naming every document that failed.",
+    )
+    parse.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="Files, or directories searched for PDFs and images.")
+    parse.add_argument("--server", help=f"The server's URL, e.g. http://127.0.0.1:8000 or GPUStack's http://<host>/model/proxy/<route> (default ${parse_client.SERVER_ENV}).")
+    parse.add_argument("--out", type=Path, default=Path("parsed"), help="Where to write (default ./parsed).")
+    parse.add_argument("--api-key", help=f"The server's API key (default ${parse_client.API_KEY_ENV}).")
+    parse.add_argument("--concurrency", type=int, default=4, help="Documents in flight at once (default 4).")
+    parse.add_argument("--retries", type=int, default=5, help="Tries again after 429/503 (honouring Retry-After) or no answer (default 5).")
+    parse.add_argument("--timeout", type=float, default=3600.0, help="Seconds to wait for one document (default 3600).")
+    parse.add_argument("--no-layout-detection", action="store_true", help="One VLM call per page instead of per block.")
+    parse.add_argument("--chart-recognition", action="store_true", help="Turn charts into tables.")
+    parse.add_argument("--seal-recognition", action="store_true", help="Read seals.")
+    parse.add_argument("--prompt-label", help="The task without layout detection: ocr, formula, table, chart, seal or spotting.")
+    parse.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="Any other /layout-parsing field; VALUE is read as JSON when it parses.")
+    parse.add_argument("--no-progress", action="store_true", help="No progress bars (they show on a terminal only anyway).")
+
+
+def _run_parse(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress
+    options = parse_client.request_options(
+        layout_detection=not args.no_layout_detection,
+        chart=args.chart_recognition,
+        seal=args.seal_recognition,
+        prompt_label=args.prompt_label,
+        extra=args.option,
+    )
+    return parse_client.run_parse(
+        args.paths,
+        server=args.server,
+        out=args.out,
+        options=options,
+        api_key=args.api_key,
+        concurrency=args.concurrency,
+        retries=args.retries,
+        timeout_s=args.timeout,
+        show_progress=False if args.no_progress else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +177,8 @@ def _run(argv: list[str]) -> int:
 
         return serve(pm, request)
     args = _top_parser().parse_args(argv)
+    if args.command == "parse":
+        return _run_parse(args)
     if args.command == "manifests":
         return manifests.run_manifests_command(output_dir=args.output_dir, check=args.check)
     if args.command == "gpustack":

@@ -1,4 +1,4 @@
-"""GET /openapi.json (the PaddleX endpoints, from the pydantic schemas) and GET /docs (Swagger UI over it)."""
+"""GET /openapi.json (the PaddleX endpoints, from the pydantic schemas) and GET /docs (Swagger UI over it, offline)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from ..protocol import (
     INFER_ENDPOINT,
@@ -18,6 +18,7 @@ from ..protocol import (
     RestructurePagesResult,
     ResultResponse,
 )
+from .ui import html_page
 
 
 async def openapi(request: Request) -> Response:
@@ -26,8 +27,8 @@ async def openapi(request: Request) -> Response:
 
 
 async def docs(request: Request) -> Response:
-    """Swagger UI over /openapi.json."""
-    return HTMLResponse(_SWAGGER_PAGE)
+    """Swagger UI over /openapi.json, from the files shipped in the package (no CDN)."""
+    return html_page("docs.html")
 
 
 def openapi_document() -> dict[str, Any]:
@@ -99,13 +100,3 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": schema.get("$defs", {})},
     }
-
-
-_SWAGGER_PAGE = """<!doctype html>
-<html><head><title>PaddleOCR-VL layout parsing</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
-</body></html>
-"""
