@@ -18,6 +18,11 @@ INFER_ENDPOINT = "/layout-parsing"
 RESTRUCTURE_PAGES_ENDPOINT = "/restructure-pages"
 
 OUTPUT_FORMATS: tuple[str, ...] = ("docx",)
+# Bounds on what a body may carry besides its file: every PaddleX body nests a few levels, and a
+# logId is echoed in every answer and log line.
+MAX_JSON_DEPTH = 32
+MAX_LOG_ID_LENGTH = 128
+LogId = Annotated[str, Field(max_length=MAX_LOG_ID_LENGTH)]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 FileType = Literal[0, 1]
@@ -102,7 +107,7 @@ class InferRequest(_OutputFormats):
     mergeTables: bool = True
     relevelTitles: bool = True
     visualize: bool | None = None
-    logId: str | None = None
+    logId: LogId | None = None
 
     @field_validator("topP")
     @classmethod
@@ -313,7 +318,7 @@ class RestructurePagesRequest(_OutputFormats):
     prettifyMarkdown: bool = True
     showFormulaNumber: bool = False
     returnMarkdownImages: bool = True
-    logId: str | None = None
+    logId: LogId | None = None
 
 
 class RestructurePagesResult(BaseModel):

@@ -28,6 +28,7 @@ from ..errors import (
     validation_message,
 )
 from ..metrics import ProxyMetrics
+from ..protocol import MAX_JSON_DEPTH, MAX_LOG_ID_LENGTH
 from ..state import UpstreamState
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -104,14 +105,12 @@ class PaddlexEndpoint:
             chunks.append(chunk)
         context.body_read.set()
         body = b"".join(chunks)
-        try:
-            payload = json.loads(body) if size < 1 << 20 else await asyncio.to_thread(json.loads, body)
-        except ValueError as exc:
-            position = getattr(exc, "pos", 0)
-            errors = [{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error"}]
-            raise InputError(validation_message(errors, prefix=())) from None
-        if isinstance(payload, dict) and isinstance(payload.get("logId"), str):
-            context.log_id = payload["logId"]
+        del chunks
+        payload = decode_json(body) if size < 1 << 20 else await asyncio.to_thread(decode_json, body)
+        if isinstance(payload, dict):
+            log_id = payload.get("logId")
+            if isinstance(log_id, str) and len(log_id) <= MAX_LOG_ID_LENGTH:
+                context.log_id = log_id
         return payload
 
     def ensure_upstream(self) -> None:
@@ -119,6 +118,43 @@ class PaddlexEndpoint:
         reason = self.state.unavailable_reason()
         if reason is not None:
             raise UpstreamError(f"Service unavailable: {reason}", status_code=503)
+
+
+def decode_json(body: bytes) -> Any:
+    """The body as JSON, or a 422 in PaddleX's shape: bad syntax, or nested deeper than MAX_JSON_DEPTH."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise InputError(_too_deep()) from None
+    except ValueError as exc:
+        position = getattr(exc, "pos", 0)
+        errors = [{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error"}]
+        raise InputError(validation_message(errors, prefix=())) from None
+    if _depth_exceeds(payload, MAX_JSON_DEPTH):
+        raise InputError(_too_deep())
+    return payload
+
+
+def _too_deep() -> str:
+    errors = [{"type": "json_invalid", "loc": (), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}]
+    return validation_message(errors)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def validate(model: type[pydantic.BaseModel], payload: Any) -> Any:
