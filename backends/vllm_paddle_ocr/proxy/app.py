@@ -66,7 +66,7 @@ def create_app(
     own_vlm = vlm is None
     vlm_client = vlm or VlmClient(settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics)
     passthrough = Passthrough(settings.upstream_url, state, metrics)
-    pipeline = LayoutPipeline(vlm_client, metrics)
+    pipeline = LayoutPipeline(vlm_client, metrics, max_model_len=settings.max_model_len)
     health = Health(settings, state, metrics, vlm_client)
     layout_parsing = LayoutParsing(settings, state, metrics, pipeline, visualize_default=visualize_default)
     restructure_pages = RestructurePages(state, metrics, settings.max_body_bytes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from PIL import Image
@@ -60,6 +60,7 @@ class PreparedPage:
     plan: PagePlan
     tasks: list[tuple[int, Task]]
     image_urls: list[str]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each task's picture
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,12 @@ def prepare_page(
         collect_figures=settings.use_layout_detection,
     )
     tasks = plan.tasks()
-    urls = [
-        jpeg_data_url(task_image(page, plan.blocks[position].block, task, use_polygon=use_polygons))
-        for position, task in tasks
-    ]
-    return PreparedPage(index, page, boxes, plan, tasks, urls)
+    urls, sizes = [], []
+    for position, task in tasks:
+        picture = task_image(page, plan.blocks[position].block, task, use_polygon=use_polygons)
+        urls.append(jpeg_data_url(picture))
+        sizes.append(picture.size)
+    return PreparedPage(index, page, boxes, plan, tasks, urls, sizes)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .layout.base import LayoutDetector
 from .metrics import ProxyMetrics
 from .options import RequestOptions, skip_special_tokens_for
 from .pages import PageOutput, PreparedPage, assemble_page, prepare_page
+from .recognition.budget import new_tokens, prompt_tokens
 from .recognition.vlm_client import VlmClient, VlmError
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -40,9 +41,11 @@ class LayoutPipeline:
         metrics: Optional[ProxyMetrics] = None,
         *,
         pages_in_flight: Optional[int] = None,
+        max_model_len: Optional[int] = None,
     ) -> None:
         self.vlm = vlm
         self.metrics = metrics
+        self.max_model_len = max_model_len  # the served context; None: unknown, requests ask what they ask
         self.pages_in_flight = pages_in_flight or default_pages_in_flight(vlm.slots.capacity)
         # The bound holds for the whole process, not per request: concurrent documents share it.
         self._rendered_pages = asyncio.Semaphore(self.pages_in_flight)
@@ -106,9 +109,10 @@ class LayoutPipeline:
         if not prepared.tasks:
             return []
         skip = skip_special_tokens_for(task.kind for _, task in prepared.tasks)
+        sizes = prepared.image_sizes or [None] * len(prepared.tasks)
         calls = [
-            asyncio.ensure_future(self._one_block(prepared, position, task, url, options, owner, skip))
-            for (position, task), url in zip(prepared.tasks, prepared.image_urls)
+            asyncio.ensure_future(self._one_block(prepared, position, task, url, size, options, owner, skip))
+            for (position, task), url, size in zip(prepared.tasks, prepared.image_urls, sizes)
         ]
         try:
             return list(await asyncio.gather(*calls))
@@ -122,6 +126,7 @@ class LayoutPipeline:
         position: int,
         task: Task,
         url: str,
+        size: Optional[tuple[int, int]],
         options: RequestOptions,
         owner: Hashable,
         skip_special_tokens: bool,
@@ -133,6 +138,8 @@ class LayoutPipeline:
             kind=task.kind,
             skip_special_tokens=skip_special_tokens,
         )
+        if size is not None:
+            body["max_completion_tokens"] = self._budget(prepared, position, task, size, options)
         try:
             return await self.vlm.complete(owner, body)
         except VlmError as exc:
@@ -142,3 +149,21 @@ class LayoutPipeline:
                 f"recognition failed: {exc.message}",
                 status_code=exc.status_code,
             ) from exc
+
+    def _budget(
+        self, prepared: PreparedPage, position: int, task: Task, size: tuple[int, int], options: RequestOptions
+    ) -> int:
+        """New tokens this block may ask for in the served context; an error when its prompt alone fills it."""
+        width, height = size
+        min_pixels, max_pixels = options.vlm.pixel_limits(task.kind)
+        prompt = prompt_tokens(width, height, min_pixels, max_pixels)
+        allowed = new_tokens(options.vlm.max_completion_tokens, prompt, self.max_model_len)
+        if allowed is None:
+            block = prepared.plan.blocks[position].block
+            raise UpstreamError(
+                f"Page {prepared.index + 1}, block {position} ({block.label} at {list(block.bbox)}): its prompt needs "
+                f"about {prompt} tokens ({width}x{height} picture at most {max_pixels} pixels) but the served context "
+                f"is {self.max_model_len} (--max-model-len); raise --max-model-len or send a lower maxPixels",
+                status_code=422,
+            )
+        return allowed
