@@ -150,6 +150,7 @@ class PageContext:
     page_count: Optional[int] = None
     doc_preprocessor: Optional[Mapping[str, Any]] = None
     figure_paths: tuple[str, ...] = ()
+    page_index: Optional[int] = None  # the page's place in its document, when a pageRange chose it
 
     @property
     def recognition(self) -> Recognition:
@@ -197,6 +198,7 @@ def write_page(
         doc_preprocessor=context.doc_preprocessor,
         recognition=context.recognition,
         global_ids=global_ids,
+        page_index=context.page_index,
     )
     return pruned, markdown_text, paths
 
@@ -223,6 +225,7 @@ def assemble_page(
         layout_boxes=[box.as_paddlex() for box in prepared.boxes],
         spotting=spotting or None,
         figure_paths=tuple(figure.path for figure in plan.figures),
+        page_index=prepared.index if settings.page_range is not None else None,
     )
     pruned, markdown_text, paths = write_page(
         parsed, context, prettify=settings.prettify_markdown, show_formula_number=settings.show_formula_number

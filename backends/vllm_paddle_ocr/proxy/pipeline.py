@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Hashable, Optional
+from typing import Awaitable, Callable, Hashable, Optional
 
 from .blocks import Task
-from .errors import UpstreamError
+from .errors import InputError, UpstreamError
 from .inputs import Document
 from .layout.base import LayoutDetector
 from .metrics import ProxyMetrics
 from .options import RequestOptions, skip_special_tokens_for
+from .page_range import PageRangeError
 from .pages import PageOutput, PreparedPage, assemble_page, prepare_page
 from .recognition.budget import new_tokens, prompt_tokens
 from .recognition.vlm_client import VlmClient, VlmError
@@ -30,6 +31,18 @@ MAX_PAGES_IN_FLIGHT = 16
 def default_pages_in_flight(concurrency: int) -> int:
     """Enough pages ahead to keep every VLM slot busy (a page has tens of blocks), bounded for memory."""
     return max(2, min(MAX_PAGES_IN_FLIGHT, concurrency // 4 + 1))
+
+
+def selected_pages(document: Document, options: RequestOptions) -> list[int]:
+    """The 0-based pages a request parses: its pageRange, or every page; past the end is a 422."""
+    page_range = options.page.page_range
+    if page_range is None:
+        return list(range(document.page_count))
+    what = {"pdf": "PDF", "tiff": "TIFF"}.get(document.kind, "image")
+    try:
+        return page_range.indices(document.page_count, what)
+    except PageRangeError as exc:
+        raise InputError(str(exc)) from None
 
 
 class LayoutPipeline:
@@ -58,26 +71,33 @@ class LayoutPipeline:
         detector: Optional[LayoutDetector],
         owner: Hashable,
         visualize: bool,
+        on_page: Optional[Callable[[int, PageOutput], Awaitable[PageOutput]]] = None,
     ) -> list[PageOutput]:
-        """Every page of the document, in order; the first failure cancels the rest and is raised."""
+        """The asked pages of the document, in order; the first failure cancels the rest and is raised.
+
+        `on_page(position, output)` hears of each page as it finishes and returns what the document keeps
+        of it (a job stores the page and keeps only what restructuring needs).
+        """
         if options.vlm.ignored_extra_args:
             log.info("vlmExtraArgs keys ignored, as PaddleX ignores them: %s", ", ".join(options.vlm.ignored_extra_args))
-        count = document.page_count
+        indices = selected_pages(document, options)
+        count = len(indices)
         outputs: list[Optional[PageOutput]] = [None] * count
         running: dict[asyncio.Future[PageOutput], int] = {}
-        next_index = 0
+        next_position = 0
         try:
-            while next_index < count or running:
-                while next_index < count and len(running) < self.pages_in_flight:
+            while next_position < count or running:
+                while next_position < count and len(running) < self.pages_in_flight:
                     future = asyncio.ensure_future(
-                        self._page(document, next_index, options, detector, owner, visualize)
+                        self._page(document, indices[next_position], options, detector, owner, visualize)
                     )
-                    running[future] = next_index
-                    next_index += 1
+                    running[future] = next_position
+                    next_position += 1
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
-                    index = running.pop(future)
-                    outputs[index] = future.result()
+                    position = running.pop(future)
+                    output = future.result()
+                    outputs[position] = output if on_page is None else await on_page(position, output)
         finally:
             for future in running:
                 future.cancel()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..recipe import MERGE_BBOXES_MODES
+from .page_range import PageRange
 from .recognition.prompts import PROMPT_LABELS
 
 INFER_ENDPOINT = "/layout-parsing"
@@ -108,6 +109,14 @@ class InferRequest(_OutputFormats):
     relevelTitles: bool = True
     visualize: bool | None = None
     logId: LogId | None = None
+    pageRange: str | None = None  # this server's addition: 1-based pages to parse, e.g. "1-3,7"
+
+    @field_validator("pageRange")
+    @classmethod
+    def _page_range(cls, v: str | None) -> str | None:
+        if v is not None:
+            PageRange.parse(v)
+        return v
 
     @field_validator("topP")
     @classmethod
