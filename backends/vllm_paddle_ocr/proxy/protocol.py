@@ -24,6 +24,8 @@ OUTPUT_FORMATS: tuple[str, ...] = ("docx",)
 MAX_JSON_DEPTH = 32
 MAX_LOG_ID_LENGTH = 128
 LogId = Annotated[str, Field(max_length=MAX_LOG_ID_LENGTH)]
+# Optional fields this server reads beyond PaddleX's schema, by request model.
+SERVER_ADDITIONS: dict[str, tuple[str, ...]] = {"InferRequest": ("pageRange",)}
 
 PositiveInt = Annotated[int, Field(gt=0)]
 FileType = Literal[0, 1]
