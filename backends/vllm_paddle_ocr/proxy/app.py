@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
+from .auth import ApiKeyGuard
 from .endpoints import docs
 from .endpoints.health import Health
 from .endpoints.layout_parsing import LayoutParsing
@@ -39,8 +40,12 @@ class ProxyApp(Starlette):
     """Starlette for the proxy's own endpoints; /v1/* goes straight to the passthrough, untouched."""
 
     passthrough: Passthrough
+    guard: ApiKeyGuard
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.guard.allows(scope):
+            await self.guard.refuse(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await self.passthrough(scope, receive, send)
             return
@@ -64,8 +69,11 @@ def create_app(
         state.attach_detector(detector)
     metrics = ProxyMetrics()
     own_vlm = vlm is None
-    vlm_client = vlm or VlmClient(settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics)
-    passthrough = Passthrough(settings.upstream_url, state, metrics)
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    vlm_client = vlm or VlmClient(
+        settings.upstream_url, settings.served_model_name, settings.concurrency, metrics=metrics, api_key=key
+    )
+    passthrough = Passthrough(settings.upstream_url, state, metrics, api_key=key)
     pipeline = LayoutPipeline(vlm_client, metrics, max_model_len=settings.max_model_len)
     health = Health(settings, state, metrics, vlm_client)
     layout_parsing = LayoutParsing(settings, state, metrics, pipeline, visualize_default=visualize_default)
@@ -104,6 +112,7 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
     app.passthrough = passthrough
+    app.guard = ApiKeyGuard(key)
     # Paths the proxy does not own (vLLM's /tokenize, /version, ...) go to vLLM too.
     app.router.default = passthrough  # type: ignore[assignment]
     return app

@@ -1,0 +1,59 @@
+"""--api-key: the proxy asks for it on every route but /health and /v1/models, and carries it to vLLM."""
+
+from tests.unit.test_proxy_app import PNG, error_of, scenario
+
+KEY = "s3cret"
+GOOD = {"Authorization": f"Bearer {KEY}"}
+CHAT = {"model": "PaddleOCR-VL-0.9B", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_routes_refuse_a_missing_or_wrong_key_and_admit_the_right_one():
+    async def check(client, fake, state, app):
+        refused = {
+            "parse": await client.post("/layout-parsing", json={"file": PNG}),
+            "wrong": await client.post("/layout-parsing", json={"file": PNG}, headers={"Authorization": "Bearer nope"}),
+            "basic": await client.post("/layout-parsing", json={"file": PNG}, headers={"Authorization": f"Basic {KEY}"}),
+            "restructure": await client.post("/restructure-pages", json={"pages": []}),
+            "metrics": await client.get("/metrics"),
+            "docs": await client.get("/docs"),
+            "openapi": await client.get("/openapi.json"),
+            "unknown": await client.get("/tokenize"),
+        }
+        chat_refused = await client.post("/v1/chat/completions", json=CHAT)
+        admitted = await client.post("/layout-parsing", json={"file": PNG, "visualize": False}, headers=GOOD)
+        chat = await client.post("/v1/chat/completions", json=CHAT, headers=GOOD)
+        metrics = await client.get("/metrics", headers=GOOD)
+        return refused, chat_refused, admitted, chat, metrics, fake
+
+    refused, chat_refused, admitted, chat, metrics, fake = scenario(check, api_key=KEY)
+    for name, answer in refused.items():
+        assert "API key" in error_of(answer, 401), name
+        assert answer.headers["www-authenticate"] == "Bearer"
+    assert chat_refused.status_code == 401 and "API key" in chat_refused.json()["error"]["message"]
+    assert admitted.status_code == 200, admitted.text
+    assert chat.status_code == 200 and metrics.status_code == 200
+    # nothing refused reached vLLM; everything admitted reached it with the key
+    chats = [seen for seen in fake.headers_seen if "content-length" in seen]
+    assert chats and all(seen.get("authorization") == f"Bearer {KEY}" for seen in fake.headers_seen)
+
+
+def test_probes_answer_without_a_key_and_vllm_still_gets_it():
+    async def check(client, fake, state, app):
+        health = await client.get("/health")
+        models = await client.get("/v1/models")
+        return health, models, fake.headers_seen
+
+    health, models, seen = scenario(check, api_key=KEY)
+    assert health.status_code == 200 and models.status_code == 200
+    models_call = [headers for headers in seen if headers.get("authorization")]
+    assert models_call and models_call[-1]["authorization"] == f"Bearer {KEY}"
+
+
+def test_without_a_key_nothing_is_asked_and_nothing_is_added():
+    async def check(client, fake, state, app):
+        answer = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer clients-own"})
+        return answer, fake.headers_seen
+
+    answer, seen = scenario(check)
+    assert answer.status_code == 200
+    assert seen[-1]["authorization"] == "Bearer clients-own"  # passed through untouched
