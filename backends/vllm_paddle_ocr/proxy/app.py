@@ -10,6 +10,7 @@ import contextlib
 import logging
 from typing import Any, AsyncIterator, Optional
 
+import psutil
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
+from .admission import Admission, admission_bounds
 from .auth import ApiKeyGuard
 from .endpoints import docs
 from .endpoints.health import Health
@@ -27,6 +29,7 @@ from .errors import INTERNAL_ERROR_MESSAGE, error_response
 from .layout.base import LayoutDetector
 from .metrics import ProxyMetrics
 from .passthrough import Passthrough
+from .parsing import DocumentParser
 from .pipeline import LayoutPipeline
 from .recognition.vlm_client import VlmClient
 from .state import UpstreamState
@@ -75,8 +78,10 @@ def create_app(
     )
     passthrough = Passthrough(settings.upstream_url, state, metrics, api_key=key)
     pipeline = LayoutPipeline(vlm_client, metrics, max_model_len=settings.max_model_len)
+    admission = Admission(admission_bounds(settings, psutil.virtual_memory().total), metrics)
+    parser = DocumentParser(settings, state, pipeline, visualize_default=visualize_default)
     health = Health(settings, state, metrics, vlm_client)
-    layout_parsing = LayoutParsing(settings, state, metrics, pipeline, visualize_default=visualize_default)
+    layout_parsing = LayoutParsing(parser, state, metrics, admission=admission)
     restructure_pages = RestructurePages(state, metrics, settings.max_body_bytes)
 
     @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..admission import Admission, Overloaded, Ticket
 from ..errors import (
     INTERNAL_ERROR_MESSAGE,
     InputError,
@@ -33,7 +34,19 @@ from ..state import UpstreamState
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
 
-_ERROR_KINDS = {InputError: "input", LimitExceeded: "limit", UpstreamError: "upstream"}
+class ClientClosed(ProxyError):
+    """The client went away before its body had arrived; the answer has nobody to go to."""
+
+    status_code = 499
+
+
+_ERROR_KINDS = {
+    ClientClosed: "disconnected", InputError: "input", LimitExceeded: "limit", UpstreamError: "upstream",
+    Overloaded: "overloaded",
+}
+RETRY_AFTER_DRAINING_S = 5
+RETRY_AFTER_STARTING_S = 10
+RETRY_AFTER_FAILED_S = 30
 
 
 class RequestContext:
@@ -42,17 +55,23 @@ class RequestContext:
     def __init__(self) -> None:
         self.log_id: Optional[str] = None
         self.body_read = asyncio.Event()
+        self.body_ended = False  # the client's last body message has arrived (read or not)
+        self.ticket: Optional[Ticket] = None  # what admission control lets this request hold
 
 
 class PaddlexEndpoint:
     """One PaddleX endpoint: `handle` does its work, `answer` wraps it in PaddleX's envelope."""
 
     path: str
+    admitted = False  # whether admission control bounds this endpoint's requests (documents parsed)
 
-    def __init__(self, state: UpstreamState, metrics: ProxyMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, state: UpstreamState, metrics: ProxyMetrics, max_body_bytes: int, *, admission: Optional[Admission] = None
+    ) -> None:
         self.state = state
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
 
     async def handle(self, request: Request, context: RequestContext) -> Response:
         """The endpoint's own work; raise a ProxyError for an answer in PaddleX's error shape."""
@@ -67,12 +86,15 @@ class PaddlexEndpoint:
         try:
             async with _cancel_on_disconnect(request, context.body_read) as gone:
                 try:
+                    if self.admission is not None and self.admitted:
+                        context.ticket = self.admission.admit()
                     response = await self.handle(request, context)
                 except ProxyError as exc:
                     self.metrics.errors.labels(kind=_ERROR_KINDS.get(type(exc), "other")).inc()
                     if exc.status_code >= 500:
                         log.warning("%s failed (%d): %s", self.path, exc.status_code, exc.message)
-                    response = error_response(exc.status_code, exc.message, context.log_id)
+                    await self._drain(request, context)
+                    response = error_response(exc.status_code, exc.message, context.log_id, retry_after=exc.retry_after)
                 except asyncio.CancelledError:
                     if not gone.is_set():
                         raise
@@ -84,6 +106,8 @@ class PaddlexEndpoint:
                     self.metrics.errors.labels(kind="internal").inc()
                     response = error_response(500, INTERNAL_ERROR_MESSAGE, context.log_id)
         finally:
+            if context.ticket is not None:
+                await context.ticket.close()
             self.state.leave()
             self.metrics.in_progress.dec()
         self.metrics.requests.labels(endpoint=self.path, status=str(response.status_code)).inc()
@@ -94,14 +118,20 @@ class PaddlexEndpoint:
         """The JSON body, read no further than --max-body-size; the logId noted for error answers."""
         limit = self.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise LimitExceeded(_body_too_big(int(declared), limit))
+        known = int(declared) if declared is not None and declared.isdigit() else None
+        if known is not None and known > limit:
+            raise LimitExceeded(_body_too_big(known, limit))
+        ticket = context.ticket
+        if ticket is not None and known is not None:
+            ticket.hold_bytes(known)  # refused before a byte is read
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        async for chunk in _body_chunks(request, context):
             size += len(chunk)
             if size > limit:
                 raise LimitExceeded(_body_too_big(size, limit, at_least=True))
+            if ticket is not None and known is None:
+                ticket.hold_bytes(len(chunk))
             chunks.append(chunk)
         context.body_read.set()
         body = b"".join(chunks)
@@ -114,10 +144,43 @@ class PaddlexEndpoint:
         return payload
 
     def ensure_upstream(self) -> None:
-        """503 while vLLM cannot take work (starting, failed, draining)."""
+        """503 while vLLM cannot take work (starting, failed, draining), with when to try again."""
         reason = self.state.unavailable_reason()
         if reason is not None:
-            raise UpstreamError(f"Service unavailable: {reason}", status_code=503)
+            raise UpstreamError(f"Service unavailable: {reason}", status_code=503, retry_after=_retry_after(self.state))
+
+    async def _drain(self, request: Request, context: RequestContext) -> None:
+        """Read and drop what is left of a refused body (up to the size limit), so the client reads our answer."""
+        if context.body_ended or context.body_read.is_set():
+            return
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return  # too big to wait for: the connection closes after the answer
+        size = 0
+        async for chunk in _body_chunks(request, context):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return
+
+
+def _retry_after(state: UpstreamState) -> int:
+    """Seconds to wait before trying again: another replica soon when draining, longer while starting or failed."""
+    if state.draining:
+        return RETRY_AFTER_DRAINING_S
+    return RETRY_AFTER_STARTING_S if state.failed is None else RETRY_AFTER_FAILED_S
+
+
+async def _body_chunks(request: Request, context: RequestContext) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; notes when the last one has come (a disconnect ends them too)."""
+    while not context.body_ended:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            context.body_ended = True
+            raise ClientClosed("Client closed the request")
+        context.body_ended = not message.get("more_body", False)
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
 
 
 def decode_json(body: bytes) -> Any:
