@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from tests.unit.test_proxy_app import PNG, error_of, scenario
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.recognition.budget import new_tokens, prompt_tokens, resized
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import (
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     PIXELS_PER_IMAGE_TOKEN,

@@ -62,8 +62,14 @@ class Admission:
         self._changed = asyncio.Condition()
         self._mean_seconds = 0.0  # moving mean of how long an admitted request stays
 
-    def admit(self) -> Ticket:
-        """A ticket for one more request now, or Overloaded when as many are admitted as the bound allows."""
+    def admit(self, *, document: bool = True) -> Ticket:
+        """A ticket for one more request now, or Overloaded when as many are admitted as the bound allows.
+
+        `document=False` admits a request that only holds a body for a moment (a job's submission): it
+        counts against the bytes, not against the documents parsed at once.
+        """
+        if not document:
+            return Ticket(self, document=False)
         if self.requests >= self.bounds.requests:
             raise self._refusal(
                 f"{self.requests} documents are being parsed, the most this server takes on at once "
@@ -109,8 +115,9 @@ class Admission:
 class Ticket:
     """One admitted request: the bytes and pages it holds, all given back by `close`."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, *, document: bool = True) -> None:
         self._admission = admission
+        self._document = document
         self.bytes = 0
         self.pages = 0
         self._started = time.monotonic()
@@ -150,22 +157,17 @@ class Ticket:
         self._admission.pages += count
         self._admission._publish()
 
-    def release_bytes(self) -> None:
-        """Give the body's bytes back early (a job's body went to disk)."""
-        self._admission.bytes -= self.bytes
-        self.bytes = 0
-        self._admission._publish()
-
     async def close(self) -> None:
         """Give everything back and wake whoever waits for room."""
         if self._closed:
             return
         self._closed = True
         admission = self._admission
-        admission.requests -= 1
         admission.pages -= self.pages
         admission.bytes -= self.bytes
-        stay = time.monotonic() - self._started
-        admission._mean_seconds = stay if admission._mean_seconds <= 0 else 0.8 * admission._mean_seconds + 0.2 * stay
+        if self._document:
+            admission.requests -= 1
+            stay = time.monotonic() - self._started
+            admission._mean_seconds = stay if admission._mean_seconds <= 0 else 0.8 * admission._mean_seconds + 0.2 * stay
         admission._publish()
         await admission._notify()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 import psutil
@@ -17,15 +19,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
 from .admission import Admission, admission_bounds
 from .auth import ApiKeyGuard
 from .endpoints import docs
 from .endpoints.health import Health
+from .endpoints.jobs import JOB_ROUTES, SubmitJob
 from .endpoints.layout_parsing import LayoutParsing
 from .endpoints.restructure_pages import RestructurePages
 from .errors import INTERNAL_ERROR_MESSAGE, error_response
+from .jobs.runner import JobRunner, open_store
+from .jobs.store import JobFiles
 from .layout.base import LayoutDetector
 from .metrics import ProxyMetrics
 from .passthrough import Passthrough
@@ -44,6 +50,7 @@ class ProxyApp(Starlette):
 
     passthrough: Passthrough
     guard: ApiKeyGuard
+    job_runner: JobRunner
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not self.guard.allows(scope):
@@ -83,12 +90,25 @@ def create_app(
     health = Health(settings, state, metrics, vlm_client)
     layout_parsing = LayoutParsing(parser, state, metrics, admission=admission)
     restructure_pages = RestructurePages(state, metrics, settings.max_body_bytes)
+    job_files = JobFiles(Path(settings.data_dir) / "jobs")
+    runner = JobRunner(
+        open_store(settings.job_store, job_files), job_files, parser, admission, state,
+        owner=f"{socket.gethostname()}:{settings.port}", retention_s=settings.job_retention_s,
+        max_queued=settings.max_queued_jobs,
+    )  # fmt: skip
+    jobs = {kind: cls(runner, state, metrics, settings.max_body_bytes) for kind, cls in JOB_ROUTES.items()}
+    submit_job = SubmitJob(runner, parser, state, metrics, admission=admission)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
+            await runner.start()
+        except VllmPaddleOcrError as exc:  # the jobs' store: the rest of the proxy works without it
+            log.error("jobs are unavailable: %s", exc)
+        try:
             yield
         finally:
+            await runner.stop()
             await passthrough.aclose()
             await health.aclose()
             if own_vlm:
@@ -99,6 +119,10 @@ def create_app(
         Route("/metrics", health.prometheus, methods=["GET"]),
         Route(layout_parsing.path, layout_parsing.answer, methods=["POST"]),
         Route(restructure_pages.path, restructure_pages.answer, methods=["POST"]),
+        Route(submit_job.path, submit_job.answer, methods=["POST"]),
+        Route(jobs["status"].path, jobs["status"].answer, methods=["GET"]),
+        Route(jobs["cancel"].path, jobs["cancel"].answer, methods=["DELETE"]),
+        Route(jobs["result"].path, jobs["result"].answer, methods=["GET"]),
         Route("/openapi.json", docs.openapi, methods=["GET"]),
         Route("/docs", docs.docs, methods=["GET"]),
     ]
@@ -118,6 +142,7 @@ def create_app(
     )
     app.passthrough = passthrough
     app.guard = ApiKeyGuard(key)
+    app.job_runner = runner
     # Paths the proxy does not own (vLLM's /tokenize, /version, ...) go to vLLM too.
     app.router.default = passthrough  # type: ignore[assignment]
     return app

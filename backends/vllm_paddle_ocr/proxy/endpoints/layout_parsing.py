@@ -9,12 +9,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..admission import Admission
+from ..decoding import validate
 from ..errors import new_log_id
 from ..metrics import ProxyMetrics
 from ..parsing import DocumentParser, success
 from ..protocol import INFER_ENDPOINT, InferRequest
 from ..state import UpstreamState
-from .paddlex import PaddlexEndpoint, RequestContext, json_response, validate
+from .paddlex import PaddlexEndpoint, RequestContext, json_response
 
 
 class LayoutParsing(PaddlexEndpoint):

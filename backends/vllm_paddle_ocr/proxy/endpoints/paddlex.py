@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any, AsyncIterator, Optional
 
-import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,10 +25,10 @@ from ..errors import (
     ProxyError,
     UpstreamError,
     error_response,
-    validation_message,
 )
+from ..decoding import decode_json
 from ..metrics import ProxyMetrics
-from ..protocol import MAX_JSON_DEPTH, MAX_LOG_ID_LENGTH
+from ..protocol import MAX_LOG_ID_LENGTH
 from ..state import UpstreamState
 
 log = logging.getLogger("vllm_paddle_ocr.proxy")
@@ -63,7 +62,8 @@ class PaddlexEndpoint:
     """One PaddleX endpoint: `handle` does its work, `answer` wraps it in PaddleX's envelope."""
 
     path: str
-    admitted = False  # whether admission control bounds this endpoint's requests (documents parsed)
+    admitted = False  # whether admission control bounds this endpoint's requests
+    holds_document = True  # an admitted request parses a document (counted against --max-active-requests)
 
     def __init__(
         self, state: UpstreamState, metrics: ProxyMetrics, max_body_bytes: int, *, admission: Optional[Admission] = None
@@ -87,7 +87,7 @@ class PaddlexEndpoint:
             async with _cancel_on_disconnect(request, context.body_read) as gone:
                 try:
                     if self.admission is not None and self.admitted:
-                        context.ticket = self.admission.admit()
+                        context.ticket = self.admission.admit(document=self.holds_document)
                     response = await self.handle(request, context)
                 except ProxyError as exc:
                     self.metrics.errors.labels(kind=_ERROR_KINDS.get(type(exc), "other")).inc()
@@ -116,6 +116,10 @@ class PaddlexEndpoint:
 
     async def read_json(self, request: Request, context: RequestContext) -> Any:
         """The JSON body, read no further than --max-body-size; the logId noted for error answers."""
+        return await self.decode(await self.read_body(request, context), context)
+
+    async def read_body(self, request: Request, context: RequestContext) -> bytes:
+        """The body's bytes, read no further than --max-body-size and held against admission control."""
         limit = self.max_body_bytes
         declared = request.headers.get("content-length")
         known = int(declared) if declared is not None and declared.isdigit() else None
@@ -134,10 +138,12 @@ class PaddlexEndpoint:
                 ticket.hold_bytes(len(chunk))
             chunks.append(chunk)
         context.body_read.set()
-        body = b"".join(chunks)
-        del chunks
-        payload = decode_json(body) if size < 1 << 20 else await asyncio.to_thread(decode_json, body)
-        if isinstance(payload, dict):
+        return b"".join(chunks)
+
+    async def decode(self, body: bytes, context: Optional[RequestContext] = None) -> Any:
+        """The body as JSON (a 422 when it is not, or nests too deep); its logId noted for error answers."""
+        payload = decode_json(body) if len(body) < 1 << 20 else await asyncio.to_thread(decode_json, body)
+        if context is not None and isinstance(payload, dict):
             log_id = payload.get("logId")
             if isinstance(log_id, str) and len(log_id) <= MAX_LOG_ID_LENGTH:
                 context.log_id = log_id
@@ -181,51 +187,6 @@ async def _body_chunks(request: Request, context: RequestContext) -> AsyncIterat
         chunk = message.get("body", b"")
         if chunk:
             yield chunk
-
-
-def decode_json(body: bytes) -> Any:
-    """The body as JSON, or a 422 in PaddleX's shape: bad syntax, or nested deeper than MAX_JSON_DEPTH."""
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise InputError(_too_deep()) from None
-    except ValueError as exc:
-        position = getattr(exc, "pos", 0)
-        errors = [{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error"}]
-        raise InputError(validation_message(errors, prefix=())) from None
-    if _depth_exceeds(payload, MAX_JSON_DEPTH):
-        raise InputError(_too_deep())
-    return payload
-
-
-def _too_deep() -> str:
-    errors = [{"type": "json_invalid", "loc": (), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}]
-    return validation_message(errors)
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest deeper than `limit` (walked without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
-
-
-def validate(model: type[pydantic.BaseModel], payload: Any) -> Any:
-    """The payload as the endpoint's request model, or a 422 listing what is wrong, as PaddleX does."""
-    try:
-        return model.model_validate(payload)
-    except pydantic.ValidationError as exc:
-        raise InputError(validation_message(exc.errors())) from None
 
 
 def json_response(answer: dict[str, Any]) -> bytes:
