@@ -228,20 +228,24 @@ class JobRunner:
                 claimed = await self.store.update(
                     job.id, ("queued",), status="running", started_at=time.time(), incarnation=self.incarnation
                 )
-                if not claimed:
-                    continue
-                task = asyncio.ensure_future(self._run(job, ticket))
-                self._running[job.id] = task
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    if not task.done():  # the worker is stopping: so is its job
-                        task.cancel()
-                        await asyncio.gather(task, return_exceptions=True)
-                        raise
+                if claimed:  # another worker may have taken it meanwhile
+                    await self._run_claimed(job, ticket)
             finally:
-                self._running.pop(job.id, None)
                 await ticket.close()
+
+    async def _run_claimed(self, job: Job, ticket: Ticket) -> None:
+        """Run a job this worker claimed; a cancel cancels the run, a stopping worker stops it too."""
+        task = asyncio.ensure_future(self._run(job, ticket))
+        self._running[job.id] = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the worker is stopping: so is its job
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+        finally:
+            self._running.pop(job.id, None)
 
     async def _next_queued(self) -> Optional[Job]:
         for job in await self.store.queued(self.owner):
@@ -323,6 +327,7 @@ class JobRunner:
         )  # fmt: skip
         if changed:
             log.info("job %s failed (%d): %s", job_id, code, message)
+            await asyncio.to_thread(self.files.drop_body, job_id)  # when this instance holds it
 
     async def _owner_runs(self, job: Job) -> bool:
         if job.owner == self.owner and job.incarnation == self.incarnation:
