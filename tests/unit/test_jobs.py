@@ -298,3 +298,23 @@ def test_a_job_whose_replica_stopped_renewing_its_lease_is_failed_by_another(red
 
     status = replicas(check, redis_url, tmp_path, fake=slow(0.3))
     assert status["status"] == "failed" and "stopped" in status["error"]["errorMsg"]
+
+
+def test_job_answers_follow_the_documented_schema(tmp_path):
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.protocol import JobStatus, PartialResult, ResultResponse
+
+    async def check(client, fake, state, app):
+        accepted = await submit(client, file=PDF3)
+        job_id = accepted.json()["result"]["jobId"]
+        partial = await client.get(f"{JOBS}/{job_id}/result?wait=30")
+        done = await wait_status(client, job_id, {"done"})
+        spec = (await client.get("/openapi.json")).json()
+        return accepted, partial, done, spec
+
+    accepted, partial, done, spec = scenario(check, fake=slow(0.3), data_dir=str(tmp_path))
+    ResultResponse[JobStatus].model_validate(accepted.json())
+    assert partial.status_code == 202
+    ResultResponse[PartialResult].model_validate(partial.json())
+    JobStatus.model_validate(done)
+    assert {"post"} <= set(spec["paths"][JOBS]) and {"get", "delete"} <= set(spec["paths"][JOBS + "/{jobId}"])
+    assert "202" in spec["paths"][JOBS + "/{jobId}/result"]["get"]["responses"]

@@ -338,6 +338,35 @@ class RestructurePagesResult(BaseModel):
     layoutParsingResults: list[LayoutParsingResult]
 
 
+class JobError(BaseModel):
+    """Why a job failed or was cancelled, as the error answer of its result would say."""
+
+    errorCode: int
+    errorMsg: str
+
+
+class JobStatus(BaseModel):
+    """``result`` of ``/layout-parsing/jobs`` (POST, GET, DELETE): where a job stands. Times are ISO 8601 UTC."""
+
+    jobId: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    pagesDone: int
+    pagesTotal: Optional[int] = None  # None until the document is opened (a URL is fetched when the job runs)
+    queuePosition: Optional[int] = None  # jobs ahead of it on its instance (0: next); None once not queued
+    createdAt: str
+    startedAt: Optional[str] = None
+    finishedAt: Optional[str] = None
+    expiresAt: Optional[str] = None  # when a finished job's result is removed
+    error: Optional[JobError] = None
+
+
+class PartialResult(BaseModel):
+    """``result`` of a job's result before it is done (HTTP 202): the pages finished so far, and the status."""
+
+    layoutParsingResults: list[LayoutParsingResult]
+    job: JobStatus
+
+
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
 
