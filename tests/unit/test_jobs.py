@@ -318,3 +318,16 @@ def test_job_answers_follow_the_documented_schema(tmp_path):
     JobStatus.model_validate(done)
     assert {"post"} <= set(spec["paths"][JOBS]) and {"get", "delete"} <= set(spec["paths"][JOBS + "/{jobId}"])
     assert "202" in spec["paths"][JOBS + "/{jobId}/result"]["get"]["responses"]
+
+
+def test_a_job_outlives_the_client_that_submitted_it_and_its_long_polls(tmp_path):
+    async def check(client, fake, state, app):
+        base = str(client.base_url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as gone:
+            job_id = (await submit(gone, file=PDF3)).json()["result"]["jobId"]
+            with pytest.raises(httpx.TimeoutException):
+                await gone.get(f"{JOBS}/{job_id}/result?wait=30", timeout=0.3)
+        return await wait_status(client, job_id, {"done", "failed", "cancelled"})
+
+    final = scenario(check, fake=slow(0.1), data_dir=str(tmp_path))
+    assert final["status"] == "done" and final["pagesDone"] == 3
