@@ -126,7 +126,7 @@ class JobResult(_JobEndpoint):
         start = int(_query_number(request, "from", 0, None, integer=True))
         job = await self.job(request, context)
         if wait > 0:
-            job = await self.runner.watch(job.id, lambda current: current.pages_done > start, wait) or job
+            job = await self.runner.watch(job.id, start, wait) or job
         if job.status in ("failed", "cancelled"):
             raise ProxyError(job.error_msg or f"The job {job.status}", status_code=job.error_code or 500)
         pages = await self.runner.pages(job, start)

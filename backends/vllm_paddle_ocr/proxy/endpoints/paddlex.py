@@ -93,7 +93,8 @@ class PaddlexEndpoint:
                     self.metrics.errors.labels(kind=_ERROR_KINDS.get(type(exc), "other")).inc()
                     if exc.status_code >= 500:
                         log.warning("%s failed (%d): %s", self.path, exc.status_code, exc.message)
-                    await self._drain(request, context)
+                    if not isinstance(exc, LimitExceeded):  # an oversized body is not waited for
+                        await self._drain(request, context)
                     response = error_response(exc.status_code, exc.message, context.log_id, retry_after=exc.retry_after)
                 except asyncio.CancelledError:
                     if not gone.is_set():

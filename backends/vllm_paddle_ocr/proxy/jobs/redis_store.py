@@ -162,6 +162,9 @@ class RedisJobStore:
         keys = [self._key("job", job_id), self._key("job", job_id, "pages")]
         return bool(await self._put_page(keys=keys, args=[position, text, "1" if new else "0"]))
 
+    async def has_page(self, job_id: str, position: int) -> bool:
+        return bool(await self._redis.hexists(self._key("job", job_id, "pages"), str(position)))
+
     async def pages(self, job_id: str, start: int, stop: int) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         batch = 16

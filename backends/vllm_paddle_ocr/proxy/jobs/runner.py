@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any, Optional
 
 from ..admission import Admission, Overloaded, Ticket
@@ -180,12 +179,14 @@ class JobRunner:
         ids = [queued_job.id for queued_job in queued]
         return ids.index(job.id) if job.id in ids else None
 
-    async def watch(self, job_id: str, until: Callable[[Job], bool], timeout_s: float) -> Optional[Job]:
-        """The job once `until(job)` holds or it finished, or as it stands when `timeout_s` has passed."""
+    async def watch(self, job_id: str, page: int, timeout_s: float) -> Optional[Job]:
+        """The job once the page at `page` (0-based) has finished or the job has, or when `timeout_s` has passed."""
         deadline = time.monotonic() + timeout_s
         while True:
             job = await self.look(job_id)
-            if job is None or job.status in FINISHED or until(job) or time.monotonic() >= deadline:
+            if job is None or job.status in FINISHED or time.monotonic() >= deadline:
+                return job
+            if job.pages_done > page and await self.store.has_page(job.id, page):
                 return job
             await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 

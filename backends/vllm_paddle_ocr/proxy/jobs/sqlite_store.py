@@ -142,6 +142,9 @@ class SqliteJobStore:
 
         return await asyncio.to_thread(write)
 
+    async def has_page(self, job_id: str, position: int) -> bool:
+        return await asyncio.to_thread(self._page_path(job_id, position).exists)
+
     async def pages(self, job_id: str, start: int, stop: int) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
             found = []

@@ -61,6 +61,10 @@ class JobStore(Protocol):
         """Store a finished page while the job runs (`new` counts it in pagesDone); whether it was stored."""
         ...
 
+    async def has_page(self, job_id: str, position: int) -> bool:
+        """Whether the page at `position` has finished (without reading it)."""
+        ...
+
     async def pages(self, job_id: str, start: int, stop: int) -> list[dict[str, Any]]:
         """Finished pages from `start`, in order, up to `stop` or the first one not finished yet."""
         ...
