@@ -18,7 +18,7 @@ from tests.fixtures.redis_server import redis_server
 from tests.unit.test_proxy_app import answer_by_prompt, error_of, scenario, settings
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import create_app
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.model import Job
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.runner import RESTARTED
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.runner import OWNER_GONE, RESTARTED
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.sqlite_store import SqliteJobStore
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.store import JobFiles
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.state import UpstreamState
@@ -288,16 +288,21 @@ def test_a_cancel_sent_to_another_replica_stops_the_owners_vlm_requests(redis_ur
 
 
 def test_a_job_whose_replica_stopped_renewing_its_lease_is_failed_by_another(redis_url, tmp_path):
-    async def check(a, b, fake, apps):
-        job_id = (await submit(a, file=PDF3)).json()["result"]["jobId"]
-        await wait_status(b, job_id, {"running"})
-        owner = apps[0].job_runner
-        await apps[0].job_runner.stop()  # gone without a word: its lease is taken away below
-        await apps[1].job_runner.store._redis.delete(apps[1].job_runner.store._key("lease", owner.owner))
-        return (await b.get(f"{JOBS}/{job_id}")).json()["result"]
+    """A replica that died mid-job left it running, and its lease runs out: the next look fails it."""
 
-    status = replicas(check, redis_url, tmp_path, fake=slow(0.3))
-    assert status["status"] == "failed" and "stopped" in status["error"]["errorMsg"]
+    async def check(a, b, fake, apps):
+        store = apps[1].job_runner.store
+        await store.renew("crashed:1", "its-process", 0.2)
+        job = Job(id="c" * 32, log_id="x", owner="crashed:1", incarnation="its-process", status="running",
+                  created_at=time.time())  # fmt: skip
+        await store.add(job)
+        while_alive = (await b.get(f"{JOBS}/{job.id}")).json()["result"]
+        await asyncio.sleep(0.4)
+        return while_alive, (await b.get(f"{JOBS}/{job.id}")).json()["result"]
+
+    while_alive, after = replicas(check, redis_url, tmp_path)
+    assert while_alive["status"] == "running"
+    assert after["status"] == "failed" and after["error"]["errorMsg"] == OWNER_GONE
 
 
 def test_job_answers_follow_the_documented_schema(tmp_path):
