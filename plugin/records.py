@@ -92,7 +92,7 @@ class ServeRequest(BaseModel):
     job_retention_s: float = 24 * 3600.0
     max_queued_jobs: int = 100
     max_active_requests: int | None = None  # None: from the concurrency
-    max_active_pages: int | None = None  # None: from the concurrency and --max-pages
+    max_active_pages: int | None = None  # None: from the active requests
     max_held_bytes: int | None = None  # None: from the host's memory
 
     def user_flag(self, key: str) -> Flag | None:

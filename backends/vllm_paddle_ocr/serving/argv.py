@@ -120,8 +120,8 @@ OWN_OPTIONS: tuple[OwnOption, ...] = (
     OwnOption("--job-retention", "job_retention_s", _positive_float, "Seconds a finished job's result is kept (default 86400).", metavar="SECONDS"),
     OwnOption("--max-queued-jobs", "max_queued_jobs", _positive_int, "Jobs waiting on this instance; more is a 429 (default 100).", metavar="N"),
     OwnOption("--max-active-requests", "max_active_requests", _positive_int, "Documents parsed at once (requests and jobs); more is a 429 (default from --concurrency).", metavar="N"),
-    OwnOption("--max-active-pages", "max_active_pages", _positive_int, "Pages of the documents parsed at once; more is a 429 (default from --concurrency and --max-pages).", metavar="N"),
-    OwnOption("--max-held-bytes", "max_held_bytes", parse_size, "Request bodies held at once; more is a 429 (default: an eighth of the host's memory).", metavar="SIZE"),
+    OwnOption("--max-active-pages", "max_active_pages", _positive_int, "Pages of the documents parsed at once; more is a 429 (default 8 per active request; one document alone always fits).", metavar="N"),
+    OwnOption("--max-held-bytes", "max_held_bytes", parse_size, "Request body bytes held at once; more is a 429 (default: a sixteenth of the host's memory, at least --max-body-size).", metavar="SIZE"),
 )
 
 _OWN_BY_KEY = {opt.flag.lstrip("-"): opt for opt in OWN_OPTIONS}
