@@ -142,3 +142,16 @@ def test_draining_is_a_503_with_retry_after():
 
     answer = scenario(check)
     assert "shutting down" in error_of(answer, 503) and int(answer.headers["retry-after"]) >= 1
+
+
+def test_the_memory_bound_follows_a_container_limit_below_the_hosts(tmp_path):
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.admission import memory_limit
+
+    v2, v1 = tmp_path / "memory.max", tmp_path / "limit_in_bytes"
+    v2.write_text("max\n")
+    v1.write_text(str(8 * 2**30))
+    assert memory_limit(64 * 2**30, (str(v2), str(v1))) == 8 * 2**30
+    v2.write_text(str(4 * 2**30))
+    assert memory_limit(64 * 2**30, (str(v2), str(v1))) == 4 * 2**30
+    assert memory_limit(2 * 2**30, (str(v2), str(v1))) == 2 * 2**30  # the host is smaller still
+    assert memory_limit(64 * 2**30, (str(tmp_path / "absent"),)) == 64 * 2**30

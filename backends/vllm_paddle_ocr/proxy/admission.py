@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from vllm_paddle_ocr.plugin.records import ProxySettings
@@ -48,6 +49,21 @@ def admission_bounds(settings: ProxySettings, memory_bytes: int) -> AdmissionBou
     pages = settings.max_active_pages or requests * PAGES_PER_REQUEST
     held = settings.max_held_bytes or max(settings.max_body_bytes, memory_bytes // HELD_MEMORY_SHARE)
     return AdmissionBounds(requests, pages, held)
+
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit(total: int, cgroup_files: tuple[str, ...] = _CGROUP_LIMITS) -> int:
+    """The memory this process may use: the host's, or its container's limit when that is lower."""
+    for name in cgroup_files:
+        try:
+            text = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            return int(text)
+    return total
 
 
 class Admission:

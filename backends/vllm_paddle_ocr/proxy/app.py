@@ -22,7 +22,7 @@ from starlette.routing import Route
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
-from .admission import Admission, admission_bounds
+from .admission import Admission, admission_bounds, memory_limit
 from .auth import ApiKeyGuard
 from .endpoints import docs
 from .endpoints.health import Health
@@ -85,7 +85,7 @@ def create_app(
     )
     passthrough = Passthrough(settings.upstream_url, state, metrics, api_key=key)
     pipeline = LayoutPipeline(vlm_client, metrics, max_model_len=settings.max_model_len)
-    admission = Admission(admission_bounds(settings, psutil.virtual_memory().total), metrics)
+    admission = Admission(admission_bounds(settings, memory_limit(psutil.virtual_memory().total)), metrics)
     parser = DocumentParser(settings, state, pipeline, visualize_default=visualize_default)
     health = Health(settings, state, metrics, vlm_client)
     layout_parsing = LayoutParsing(parser, state, metrics, admission=admission)
