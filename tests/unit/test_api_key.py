@@ -57,3 +57,19 @@ def test_without_a_key_nothing_is_asked_and_nothing_is_added():
     answer, seen = scenario(check)
     assert answer.status_code == 200
     assert seen[-1]["authorization"] == "Bearer clients-own"  # passed through untouched
+
+
+def test_the_guard_opens_only_the_paths_and_prefixes_it_is_given():
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.auth import OPEN_PATHS, ApiKeyGuard
+
+    guard = ApiKeyGuard(KEY, open_paths=OPEN_PATHS | {"/"}, open_prefixes=("/ui/assets/",))
+
+    def scope(path, authorization=None):
+        headers = [(b"authorization", authorization.encode())] if authorization else []
+        return {"type": "http", "path": path, "headers": headers}
+
+    assert guard.allows(scope("/")) and guard.allows(scope("/ui/assets/page.js")) and guard.allows(scope("/health"))
+    assert not guard.allows(scope("/ui/assetsX")) and not guard.allows(scope("/layout-parsing"))
+    assert guard.allows(scope("/layout-parsing", f"bearer {KEY}"))
+    assert not guard.allows(scope("/layout-parsing", f"Bearer {KEY}x"))
+    assert ApiKeyGuard(None).allows(scope("/layout-parsing"))

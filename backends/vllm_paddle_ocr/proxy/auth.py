@@ -20,8 +20,12 @@ def bearer_header(key: str) -> str:
 class ApiKeyGuard:
     """Checks `Authorization: Bearer <key>` in constant time; None lets every request through."""
 
-    def __init__(self, key: Optional[str]) -> None:
+    def __init__(
+        self, key: Optional[str], *, open_paths: frozenset[str] = OPEN_PATHS, open_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self._digest = hashlib.sha256(key.encode()).digest() if key else None
+        self._open_paths = open_paths
+        self._open_prefixes = open_prefixes  # static assets with no user data (a browser sends no header for them)
 
     @property
     def enabled(self) -> bool:
@@ -30,7 +34,8 @@ class ApiKeyGuard:
 
     def allows(self, scope: dict[str, Any]) -> bool:
         """Whether this request may go on: no key set, an open path, or the right bearer token."""
-        if self._digest is None or scope["path"] in OPEN_PATHS:
+        path = scope["path"]
+        if self._digest is None or path in self._open_paths or path.startswith(self._open_prefixes):
             return True
         for name, value in scope["headers"]:
             if name == b"authorization":
