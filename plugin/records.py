@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from .errors import ServeRequestError
 
@@ -87,6 +87,13 @@ class ServeRequest(BaseModel):
     ready_timeout_s: float = 1800.0
     shutdown_grace_s: float = 30.0
     gpu_lock_timeout_s: float = 900.0
+    api_key: SecretStr | None = None  # the proxy's key (None: $VLLM_PADDLE_OCR_API_KEY, $VLLM_API_KEY, or none)
+    job_store: str | None = None  # None: SQLite and files under the data directory; redis://... to share
+    job_retention_s: float = 24 * 3600.0
+    max_queued_jobs: int = 100
+    max_active_requests: int | None = None  # None: from the concurrency
+    max_active_pages: int | None = None  # None: from the active requests
+    max_held_bytes: int | None = None  # None: from the host's memory
 
     def user_flag(self, key: str) -> Flag | None:
         """The last engine flag the user gave under this key (vLLM's argparse keeps the last)."""
@@ -276,6 +283,16 @@ class ProxySettings(BaseModel):
     url_allow_hosts: list[str]
     ready_timeout_s: float
     shutdown_grace_s: float
+    # The context vLLM serves (its --max-model-len): block requests ask no more new tokens than it leaves.
+    max_model_len: int | None = None
+    # Every route but /health and /v1/models asks for it; vLLM on loopback gets it too.
+    api_key: SecretStr | None = None
+    job_store: str | None = None
+    job_retention_s: float = 24 * 3600.0
+    max_queued_jobs: int = 100
+    max_active_requests: int | None = None
+    max_active_pages: int | None = None
+    max_held_bytes: int | None = None
 
 
 class LaunchPlan(BaseModel):

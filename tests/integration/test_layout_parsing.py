@@ -132,10 +132,10 @@ def test_metrics_count_pages_and_blocks(served):
         ({"fileType": 1}, 422, "file"),
         ({"file": "http://127.0.0.1:9/secret.png", "fileType": 1}, 422, "URL input is disabled"),
         ({"file": b64(png_bytes(make_page_image(128, 128))), "fileType": 1, "useLayoutDetection": False,
-          "maxNewTokens": 100000}, 422, "Page 1, block 0"),
+          "minPixels": 20_000_000, "maxPixels": 20_000_000}, 422, "Page 1, block 0"),
     ],
     ids=["corrupt-base64", "truncated-pdf", "pixel-bomb", "wrong-filetype-type", "wrong-temperature-type",
-         "missing-file", "url-to-loopback", "more-new-tokens-than-the-served-context"],
+         "missing-file", "url-to-loopback", "a-prompt-larger-than-the-served-context"],
 )
 def test_bad_input_gets_a_4xx_in_paddlex_shape(served, body, status, fragment):
     assert_paddlex_error(parse(served, body, timeout=120), status, fragment)

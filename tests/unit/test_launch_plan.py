@@ -155,3 +155,40 @@ def test_data_dir_comes_from_the_flag_then_the_environment(repo, tmp_path):
     assert plan_for(["--data-dir", str(tmp_path / "d")], repo).proxy.data_dir == tmp_path / "d"
     assert plan_for([], repo, environ={"VLLM_PADDLE_OCR_DATA_DIR": "/srv/ocr"}).proxy.data_dir == Path("/srv/ocr")
     assert plan_for([], repo, environ={"HOME": "/home/u"}).proxy.data_dir.name == "vllm_paddle_ocr"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [([], None), (["--max-model-len", "2048"], 2048), (["--max-model-len=4k"], 4000), (["--max-model-len", "8K"], 8192),
+     (["--max-model-len", "-1"], None)],
+    ids=["planned", "plain", "decimal-suffix", "binary-suffix", "auto"],
+)
+def test_the_proxy_knows_the_context_vllm_serves(repo, argv, expected):
+    plan = plan_for(argv, repo)
+    if not argv:
+        expected = served_context_length(repo.config, repo.preprocessor)
+        (i,) = occurrences(plan.vllm_argv, "--max-model-len")
+        assert plan.vllm_argv[i + 1] == str(expected)
+    assert plan.proxy.max_model_len == expected
+
+
+def test_api_key_is_the_proxys_never_an_argv_token_and_never_printed(repo):
+    plan = plan_for(["--api-key", "s3cret-key", "--enforce-eager"], repo)
+    assert plan.proxy.api_key.get_secret_value() == "s3cret-key"
+    assert "--api-key" not in plan.vllm_argv and "s3cret-key" not in plan.vllm_argv
+    assert "s3cret-key" not in plan.to_json()
+
+
+@pytest.mark.parametrize(
+    "argv, environ, expected",
+    [
+        (["--api-key", "flag"], {"VLLM_PADDLE_OCR_API_KEY": "ours", "VLLM_API_KEY": "vllms"}, "flag"),
+        ([], {"VLLM_PADDLE_OCR_API_KEY": "ours", "VLLM_API_KEY": "vllms"}, "ours"),
+        ([], {"VLLM_API_KEY": "vllms"}, "vllms"),
+        ([], {}, None),
+    ],
+    ids=["flag-first", "our-variable-next", "vllms-variable-last", "none"],
+)
+def test_api_key_comes_from_the_flag_then_the_environment(repo, argv, environ, expected):
+    key = plan_for(argv, repo, environ=environ).proxy.api_key
+    assert (key.get_secret_value() if key else None) == expected

@@ -71,3 +71,21 @@ def test_model_can_come_from_the_model_flag():
 def test_bad_argv_says_what_is_wrong(argv, message):
     with pytest.raises(ServeArgsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_serve_argv(argv)
+
+
+def test_job_and_admission_options_are_consumed_and_typed():
+    request = parse_serve_argv(
+        ["/m", "--job-store", "redis://127.0.0.1:6379/0", "--job-retention", "600", "--max-queued-jobs", "7",
+         "--max-active-requests=3", "--max-active-pages", "40", "--max-held-bytes", "1GiB", "--api-key", "k"]
+    )
+    assert request.job_store == "redis://127.0.0.1:6379/0"
+    assert (request.job_retention_s, request.max_queued_jobs) == (600.0, 7)
+    assert (request.max_active_requests, request.max_active_pages, request.max_held_bytes) == (3, 40, 1024**3)
+    assert request.api_key.get_secret_value() == "k"
+    assert request.vllm_flags == []
+
+
+@pytest.mark.parametrize("argv", [["--job-retention", "0"], ["--max-active-requests", "0"], ["--max-held-bytes", "lots"]])
+def test_job_and_admission_options_refuse_values_they_cannot_take(argv):
+    with pytest.raises(ServeArgsError):
+        parse_serve_argv(["/m", *argv])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from pydantic import SecretStr
+
 from vllm_paddle_ocr.plugin.records import EngineInfo, LaunchPlan, ModelRepo, ProxySettings, ServeRequest, VramPlan
 
 from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
@@ -16,6 +18,9 @@ UPSTREAM_HOST = "127.0.0.1"
 # Where the runtime keeps what it writes when --data-dir is not given.
 DATA_DIR_ENV = "VLLM_PADDLE_OCR_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/vllm_paddle_ocr"
+# The proxy's API key when --api-key is not given; vLLM's own variable is read after it.
+API_KEY_ENV = "VLLM_PADDLE_OCR_API_KEY"
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
 # Variables that choose the accelerator a child sees; passed on as the control plane set them.
 DEVICE_ENV = (
     "CUDA_VISIBLE_DEVICES",
@@ -46,6 +51,25 @@ def data_dir(request: ServeRequest, environ: Mapping[str, str]) -> Path:
     """--data-dir, else $VLLM_PADDLE_OCR_DATA_DIR, else the user's cache directory."""
     chosen = request.data_dir or environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return Path(chosen).expanduser()
+
+
+def api_key(request: ServeRequest, environ: Mapping[str, str]) -> SecretStr | None:
+    """--api-key, else $VLLM_PADDLE_OCR_API_KEY, else $VLLM_API_KEY (vLLM's own); None: no key."""
+    if request.api_key is not None and request.api_key.get_secret_value():
+        return request.api_key
+    chosen = environ.get(API_KEY_ENV) or environ.get(VLLM_API_KEY_ENV)
+    return SecretStr(chosen) if chosen else None
+
+
+def context_length(text: str) -> int | None:
+    """vLLM's --max-model-len as a number of tokens ('2048', '4k', '8K'); None for -1/auto (vLLM decides)."""
+    text = text.strip()
+    if text in {"-1", "auto"}:
+        return None
+    multipliers = {"k": 10**3, "m": 10**6, "K": 2**10, "M": 2**20}
+    if text and text[-1] in multipliers:
+        return int(float(text[:-1]) * multipliers[text[-1]])
+    return int(text)
 
 
 def flags_known_to_break(model: ModelRepo, engine: EngineInfo) -> dict[str, str]:
@@ -105,8 +129,10 @@ def build_launch_plan(
     for flag, values in RECOMMENDED_FLAGS:
         add(flag, *values)
     add("--trust-request-mm-kwargs")
+    served_context = request.user_number("max-model-len", context_length) if "max-model-len" in given else None
     if "max-model-len" not in given:
-        added.extend(["--max-model-len", str(served_context_length(model.config, model.preprocessor))])
+        served_context = served_context_length(model.config, model.preprocessor)
+        added.extend(["--max-model-len", str(served_context)])
     for flag, values in memory_flags(vram):
         add(flag, *values)
 
@@ -144,6 +170,14 @@ def build_launch_plan(
         url_allow_hosts=request.url_allow_hosts,
         ready_timeout_s=request.ready_timeout_s,
         shutdown_grace_s=request.shutdown_grace_s,
+        max_model_len=served_context,
+        api_key=api_key(request, environ),
+        job_store=request.job_store,
+        job_retention_s=request.job_retention_s,
+        max_queued_jobs=request.max_queued_jobs,
+        max_active_requests=request.max_active_requests,
+        max_active_pages=request.max_active_pages,
+        max_held_bytes=request.max_held_bytes,
     )
     if model.layout_dir is None:
         notes.append(

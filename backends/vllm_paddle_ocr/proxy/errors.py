@@ -23,9 +23,10 @@ class ProxyError(VllmPaddleOcrError):
 
     status_code: int = 500
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after  # seconds, sent as Retry-After
         if status_code is not None:
             self.status_code = status_code
 
@@ -74,10 +75,13 @@ def error_body(status_code: int, message: str, log_id: str | None = None) -> dic
     return {"logId": log_id or new_log_id(), "errorCode": status_code, "errorMsg": message}
 
 
-def error_response(status_code: int, message: str, log_id: str | None = None) -> Response:
+def error_response(
+    status_code: int, message: str, log_id: str | None = None, *, retry_after: int | None = None
+) -> Response:
     """An error answer in PaddleX's shape, with the HTTP status equal to errorCode."""
     payload = json.dumps(error_body(status_code, message, log_id), ensure_ascii=False, separators=(",", ":"))
-    return Response(payload, status_code=status_code, media_type="application/json")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Response(payload, status_code=status_code, media_type="application/json", headers=headers)
 
 
 def openai_error_response(status_code: int, message: str, kind: str) -> Response:

@@ -81,6 +81,11 @@ class ProxyMetrics:
             ["status"],
             registry=r,
         )
+        self.admitted_requests = Gauge(
+            f"{PREFIX}_admitted_requests", "Documents admitted and being parsed (requests and jobs).", registry=r
+        )
+        self.admitted_pages = Gauge(f"{PREFIX}_admitted_pages", "Pages of the admitted documents.", registry=r)
+        self.held_bytes = Gauge(f"{PREFIX}_held_body_bytes", "Request body bytes held by admitted requests.", registry=r)
         self.upstream_ready = Gauge(
             f"{PREFIX}_upstream_ready",
             "1 when vLLM has answered its warm-up and is alive.",

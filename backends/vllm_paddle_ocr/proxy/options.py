@@ -24,6 +24,7 @@ from ..recipe import (
     DEFAULT_TEMPERATURE,
     SPOTTING_PIXELS,
 )
+from .page_range import PageRange
 from .protocol import InferRequest
 from .recognition.prompts import (
     Kind,
@@ -222,6 +223,7 @@ class PageOptions:
     restructure_pages: bool = False
     merge_tables: bool = True
     relevel_titles: bool = True
+    page_range: PageRange | None = None  # None: every page
 
     def model_settings(self) -> dict[str, Any]:
         """``prunedResult.model_settings`` as PaddleX reports it."""
@@ -283,6 +285,7 @@ def page_options(
         restructure_pages=request.restructurePages,
         merge_tables=request.mergeTables,
         relevel_titles=request.relevelTitles,
+        page_range=PageRange.parse(request.pageRange) if request.pageRange is not None else None,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from PIL import Image
@@ -60,6 +60,7 @@ class PreparedPage:
     plan: PagePlan
     tasks: list[tuple[int, Task]]
     image_urls: list[str]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each task's picture
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,12 @@ def prepare_page(
         collect_figures=settings.use_layout_detection,
     )
     tasks = plan.tasks()
-    urls = [
-        jpeg_data_url(task_image(page, plan.blocks[position].block, task, use_polygon=use_polygons))
-        for position, task in tasks
-    ]
-    return PreparedPage(index, page, boxes, plan, tasks, urls)
+    urls, sizes = [], []
+    for position, task in tasks:
+        picture = task_image(page, plan.blocks[position].block, task, use_polygon=use_polygons)
+        urls.append(jpeg_data_url(picture))
+        sizes.append(picture.size)
+    return PreparedPage(index, page, boxes, plan, tasks, urls, sizes)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class PageContext:
     page_count: Optional[int] = None
     doc_preprocessor: Optional[Mapping[str, Any]] = None
     figure_paths: tuple[str, ...] = ()
+    page_index: Optional[int] = None  # the page's place in its document, when a pageRange chose it
 
     @property
     def recognition(self) -> Recognition:
@@ -195,6 +198,7 @@ def write_page(
         doc_preprocessor=context.doc_preprocessor,
         recognition=context.recognition,
         global_ids=global_ids,
+        page_index=context.page_index,
     )
     return pruned, markdown_text, paths
 
@@ -221,6 +225,7 @@ def assemble_page(
         layout_boxes=[box.as_paddlex() for box in prepared.boxes],
         spotting=spotting or None,
         figure_paths=tuple(figure.path for figure in plan.figures),
+        page_index=prepared.index if settings.page_range is not None else None,
     )
     pruned, markdown_text, paths = write_page(
         parsed, context, prettify=settings.prettify_markdown, show_formula_number=settings.show_formula_number

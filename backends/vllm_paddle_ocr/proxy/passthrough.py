@@ -12,6 +12,7 @@ from yarl import URL
 
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 
+from .auth import bearer_header
 from .errors import openai_error_response
 from .metrics import ProxyMetrics
 from .state import UpstreamState
@@ -112,8 +113,11 @@ class Passthrough:
         max_connections: int = MAX_CONNECTIONS,
         keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        api_key: Optional[str] = None,
     ) -> None:
         parts = urlsplit(upstream_url)
+        # vLLM on loopback asks for the same key: the client's header (or none, on an open path) is replaced.
+        self._authorization = bearer_header(api_key).encode("latin-1") if api_key else None
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the upstream must be a plain http:// URL, got {upstream_url!r}")
         port = parts.port or 80
@@ -239,6 +243,9 @@ class Passthrough:
             body_complete()
             content = first.get("body", b"")
             headers = request_headers(scope["headers"], len(content))
+        if self._authorization is not None:
+            headers = [(name, value) for name, value in headers if name != b"authorization"]
+            headers.append((b"authorization", self._authorization))
         return await self._client().request(
             scope["method"],
             URL(self._base + target, encoded=True),

@@ -12,12 +12,20 @@ from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..recipe import MERGE_BBOXES_MODES
+from .page_range import PageRange
 from .recognition.prompts import PROMPT_LABELS
 
 INFER_ENDPOINT = "/layout-parsing"
 RESTRUCTURE_PAGES_ENDPOINT = "/restructure-pages"
 
 OUTPUT_FORMATS: tuple[str, ...] = ("docx",)
+# Bounds on what a body may carry besides its file: every PaddleX body nests a few levels, and a
+# logId is echoed in every answer and log line.
+MAX_JSON_DEPTH = 32
+MAX_LOG_ID_LENGTH = 128
+LogId = Annotated[str, Field(max_length=MAX_LOG_ID_LENGTH)]
+# Optional fields this server reads beyond PaddleX's schema, by request model.
+SERVER_ADDITIONS: dict[str, tuple[str, ...]] = {"InferRequest": ("pageRange",)}
 
 PositiveInt = Annotated[int, Field(gt=0)]
 FileType = Literal[0, 1]
@@ -102,7 +110,15 @@ class InferRequest(_OutputFormats):
     mergeTables: bool = True
     relevelTitles: bool = True
     visualize: bool | None = None
-    logId: str | None = None
+    logId: LogId | None = None
+    pageRange: str | None = None  # this server's addition: 1-based pages to parse, e.g. "1-3,7"
+
+    @field_validator("pageRange")
+    @classmethod
+    def _page_range(cls, v: str | None) -> str | None:
+        if v is not None:
+            PageRange.parse(v)
+        return v
 
     @field_validator("topP")
     @classmethod
@@ -313,13 +329,42 @@ class RestructurePagesRequest(_OutputFormats):
     prettifyMarkdown: bool = True
     showFormulaNumber: bool = False
     returnMarkdownImages: bool = True
-    logId: str | None = None
+    logId: LogId | None = None
 
 
 class RestructurePagesResult(BaseModel):
     """``result`` of ``/restructure-pages``."""
 
     layoutParsingResults: list[LayoutParsingResult]
+
+
+class JobError(BaseModel):
+    """Why a job failed or was cancelled, as the error answer of its result would say."""
+
+    errorCode: int
+    errorMsg: str
+
+
+class JobStatus(BaseModel):
+    """``result`` of ``/layout-parsing/jobs`` (POST, GET, DELETE): where a job stands. Times are ISO 8601 UTC."""
+
+    jobId: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    pagesDone: int
+    pagesTotal: Optional[int] = None  # None until the document is opened (a URL is fetched when the job runs)
+    queuePosition: Optional[int] = None  # jobs ahead of it on its instance (0: next); None once not queued
+    createdAt: str
+    startedAt: Optional[str] = None
+    finishedAt: Optional[str] = None
+    expiresAt: Optional[str] = None  # when a finished job's result is removed
+    error: Optional[JobError] = None
+
+
+class PartialResult(BaseModel):
+    """``result`` of a job's result before it is done (HTTP 202): the pages finished so far, and the status."""
+
+    layoutParsingResults: list[LayoutParsingResult]
+    job: JobStatus
 
 
 ResultT = TypeVar("ResultT", bound=BaseModel)

@@ -10,7 +10,7 @@ from typing import Callable
 from vllm_paddle_ocr.plugin.errors import ServeRequestError
 from vllm_paddle_ocr.plugin.records import Flag, ServeRequest
 
-from ..planning.launch_plan import DATA_DIR_ENV, DEFAULT_DATA_DIR
+from ..planning.launch_plan import API_KEY_ENV, DATA_DIR_ENV, DEFAULT_DATA_DIR
 from ..planning.vram import DEFAULT_MARGIN
 from ..sizes import parse_size
 
@@ -62,6 +62,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be above 0")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -108,6 +115,13 @@ OWN_OPTIONS: tuple[OwnOption, ...] = (
     OwnOption("--ready-timeout", "ready_timeout_s", float, "Seconds to wait for vLLM to answer its warm-up request (default 1800).", metavar="SECONDS"),
     OwnOption("--shutdown-grace", "shutdown_grace_s", float, "Seconds in-flight requests get to finish on SIGTERM (default 30).", metavar="SECONDS"),
     OwnOption("--gpu-lock-timeout", "gpu_lock_timeout_s", float, "Seconds to wait for another instance starting on the same GPU (default 900).", metavar="SECONDS"),
+    OwnOption("--api-key", "api_key", str, f"Key every route but /health and /v1/models asks for as 'Authorization: Bearer KEY' (default ${API_KEY_ENV}, else $VLLM_API_KEY); vLLM on loopback gets it too.", metavar="KEY"),
+    OwnOption("--job-store", "job_store", str, "Where /layout-parsing/jobs keeps jobs: sqlite (default, under --data-dir) or a redis:// URL shared by replicas.", metavar="URL"),
+    OwnOption("--job-retention", "job_retention_s", _positive_float, "Seconds a finished job's result is kept (default 86400).", metavar="SECONDS"),
+    OwnOption("--max-queued-jobs", "max_queued_jobs", _positive_int, "Jobs waiting on this instance; more is a 429 (default 100).", metavar="N"),
+    OwnOption("--max-active-requests", "max_active_requests", _positive_int, "Documents parsed at once (requests and jobs); more is a 429 (default from --concurrency).", metavar="N"),
+    OwnOption("--max-active-pages", "max_active_pages", _positive_int, "Pages of the documents parsed at once; more is a 429 (default 8 per active request; one document alone always fits).", metavar="N"),
+    OwnOption("--max-held-bytes", "max_held_bytes", parse_size, "Request body bytes held at once; more is a 429 (default: a sixteenth of the host's memory, at least --max-body-size).", metavar="SIZE"),
 )
 
 _OWN_BY_KEY = {opt.flag.lstrip("-"): opt for opt in OWN_OPTIONS}

@@ -123,6 +123,8 @@ class Supervisor:
     async def start_vllm(self) -> None:
         """Start vLLM through this Python, its output prefixed onto ours."""
         env = {**os.environ, **self.plan.env}
+        if self.plan.proxy.api_key is not None:  # vLLM on loopback asks for the proxy's key too
+            env["VLLM_API_KEY"] = self.plan.proxy.api_key.get_secret_value()
         log.info("starting vLLM: %s", " ".join(self.plan.vllm_argv))
         self.proc = await asyncio.create_subprocess_exec(
             *self.plan.vllm_argv,
@@ -168,7 +170,9 @@ class Supervisor:
         url = self.plan.proxy.upstream_url
         deadline = time.monotonic() + self.plan.proxy.ready_timeout_s
         payload = warmup_payload(self.plan.proxy.served_model_name)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0)) as client:
+        key = self.plan.proxy.api_key
+        headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else None
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0), headers=headers) as client:
             healthy = False
             while time.monotonic() < deadline:  # a death is reported by watch_vllm, which stops us
                 try:

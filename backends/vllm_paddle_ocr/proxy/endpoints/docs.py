@@ -14,11 +14,18 @@ from ..protocol import (
     ErrorResponse,
     InferRequest,
     InferResult,
+    JobStatus,
+    PartialResult,
     RestructurePagesRequest,
     RestructurePagesResult,
     ResultResponse,
 )
+from .jobs import JOBS_PATH, MAX_WAIT_S
 from .ui import html_page
+
+
+# The API's description and its Swagger UI: nothing a user sent is behind them.
+DOCS_PATHS = frozenset({"/openapi.json", "/docs"})
 
 
 async def openapi(request: Request) -> Response:
@@ -39,6 +46,8 @@ def openapi_document() -> dict[str, Any]:
         (RestructurePagesRequest, "validation"),
         (ResultResponse[RestructurePagesResult], "serialization"),
         (ErrorResponse, "serialization"),
+        (ResultResponse[JobStatus], "serialization"),
+        (ResultResponse[PartialResult], "serialization"),
     ]
     refs, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
 
@@ -66,6 +75,7 @@ def openapi_document() -> dict[str, Any]:
                         for code, text in (
                             ("413", "Over a size limit (body or pages)"),
                             ("422", "Invalid request or input file"),
+                            ("429", "Over an admission bound; retry after Retry-After seconds"),
                             ("500", "Internal server error"),
                             ("502", "The model server failed"),
                             ("503", "The model server is not ready"),
@@ -88,6 +98,7 @@ def openapi_document() -> dict[str, Any]:
                 RestructurePagesRequest,
                 ResultResponse[RestructurePagesResult],
             ),
+            **_job_paths(ref, error),
             "/health": {
                 "get": {
                     "operationId": "checkHealth",
@@ -100,3 +111,58 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": schema.get("$defs", {})},
     }
+
+
+def _job_paths(ref: Any, error: dict[str, Any]) -> dict[str, Any]:
+    """The jobs' routes: submit, status, result (long poll) and cancel."""
+    status = {"content": {"application/json": {"schema": ref(ResultResponse[JobStatus], "serialization")}}}
+    job_id = {"name": "jobId", "in": "path", "required": True, "schema": {"type": "string"}}
+    missing = {"404": {"description": "No such job (or its results were removed)", **error}}
+    return {
+        JOBS_PATH: {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Queue a /layout-parsing request (same body) and answer at once",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(InferRequest, "validation")}}},
+                "responses": {
+                    "202": {"description": "Queued; `result.jobId` names the job", **status},
+                    "422": {"description": "Invalid request or input file", **error},
+                    "429": {"description": "The queue is full; retry after Retry-After seconds", **error},
+                },
+            }
+        },
+        JOBS_PATH + "/{jobId}": {
+            "get": {"operationId": "getJob", "parameters": [job_id], "responses": {"200": {"description": "Status", **status}, **missing}},
+            "delete": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a queued or running job, or forget a finished one",
+                "parameters": [job_id],
+                "responses": {"200": {"description": "The job's last status", **status}, **missing},
+            },
+        },
+        JOBS_PATH + "/{jobId}/result": {
+            "get": {
+                "operationId": "getJobResult",
+                "parameters": [
+                    job_id,
+                    {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+                     "description": "Seconds to hold the answer until the job finishes or a page past `from` is ready"},
+                    {"name": "from", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                     "description": "Leave out the first pages (already read)"},
+                ],  # fmt: skip
+                "responses": {
+                    "200": {
+                        "description": "Done: what /layout-parsing answers",
+                        "content": {"application/json": {"schema": ref(ResultResponse[InferResult], "serialization")}},
+                    },
+                    "202": {
+                        "description": "Not done yet: the pages finished so far and the status",
+                        "content": {"application/json": {"schema": ref(ResultResponse[PartialResult], "serialization")}},
+                    },
+                    "409": {"description": "The job was cancelled", **error},
+                    **missing,
+                },
+            }
+        },
+    }
+

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from vllm_paddle_ocr.plugin.records import ProxySettings
 
+from ..auth import bearer_header
 from ..errors import error_body
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ProxyMetrics
@@ -25,7 +26,10 @@ class Health:
         self.state = state
         self.metrics = metrics
         self.vlm = vlm
-        self._probe = httpx.AsyncClient(timeout=UPSTREAM_PROBE_TIMEOUT_S, trust_env=False)
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        self._probe = httpx.AsyncClient(
+            timeout=UPSTREAM_PROBE_TIMEOUT_S, trust_env=False, headers={"Authorization": bearer_header(key)} if key else None
+        )
 
     async def aclose(self) -> None:
         """Close the client used for vLLM's /health and /metrics."""

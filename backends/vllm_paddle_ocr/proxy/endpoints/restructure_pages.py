@@ -11,12 +11,13 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..decoding import validate
 from ..errors import InputError, dotted_location, new_log_id
 from ..output.pruned import blocks_from_pruned, concatenated_pruned
 from ..output.restructuring import restructure_pages
 from ..pages import PageContext, write_page
 from ..protocol import RESTRUCTURE_PAGES_ENDPOINT, PrunedResult, RestructurePagesRequest
-from .paddlex import PaddlexEndpoint, RequestContext, json_response, validate
+from .paddlex import PaddlexEndpoint, RequestContext, json_response
 
 
 class RestructurePages(PaddlexEndpoint):

@@ -15,6 +15,8 @@ from starlette.staticfiles import StaticFiles
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ASSETS_PATH = "/ui/assets"
+# The page's own paths (its assets are under ASSETS_PATH): nothing a user sent is behind them.
+PAGE_PATHS = frozenset({"/", "/ui", "/ui/"})
 
 # The page and /docs load nothing from elsewhere and run no inline script: a document's markdown that got
 # past the sanitiser still could not run code, load a remote picture or send data anywhere.

@@ -63,12 +63,14 @@ def pruned_result(
     doc_preprocessor: Mapping[str, Any] | None = None,
     recognition: Recognition = Recognition(),
     global_ids: Sequence[tuple[int, int]] | None = None,
+    page_index: int | None = None,
 ) -> dict[str, Any]:
     """``prunedResult`` of one page, keys in PaddleX's order.
 
     ``model_settings`` is :meth:`PageOptions.model_settings`; ``layout_boxes`` the detector's
     boxes before filtering (included when layout detection is on). PaddleX's server reports
-    ``page_count`` as null, as it hands pages over one image at a time.
+    ``page_count`` as null, as it hands pages over one image at a time. ``page_index`` (0-based, the
+    name PaddleX's pipeline gives it) is added when a pageRange chose the pages.
     """
     ignore = list(model_settings.get("markdown_ignore_labels", DEFAULT_MARKDOWN_IGNORE_LABELS))
     use_layout = bool(model_settings.get("use_layout_detection", True))
@@ -78,6 +80,7 @@ def pruned_result(
         formatter = block_content_formatter(style, width, ignore)
     result: dict[str, Any] = {
         "page_count": page_count,
+        **({"page_index": page_index} if page_index is not None else {}),
         "width": width,
         "height": height,
         "model_settings": dict(model_settings),

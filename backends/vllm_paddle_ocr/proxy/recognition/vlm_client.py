@@ -128,8 +128,10 @@ class VlmClient:
         metrics: ProxyMetrics | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_retries: int = DEFAULT_CONNECT_RETRIES,
+        api_key: str | None = None,
     ) -> None:
         self.model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.timeout_s = timeout_s
         self.connect_retries = connect_retries
         self.slots = FairSlots(concurrency, metrics)
@@ -144,6 +146,7 @@ class VlmClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency, keepalive_timeout=KEEPALIVE_EXPIRY_S),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=min(10.0, self.timeout_s)),
+                headers=self._headers,
                 trust_env=False,
             )
         return self._session
