@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+import json
 import socket
 
 import pytest
@@ -172,6 +173,42 @@ def test_connection_errors_are_retried_then_reported():
 
     with pytest.raises(VlmError, match="after 3 attempts"):
         asyncio.run(main())
+
+
+def test_a_connection_closed_while_the_body_is_written_is_retried():
+    """A kept-alive connection the server drops as the body goes out: nothing was processed, so ask again."""
+    answer = json.dumps({"choices": [{"message": {"content": "second try"}}]}).encode()
+    connections = 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await reader.readline()
+            writer.transport.abort()  # a reset, while the client is still sending its body
+            return
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(answer) + answer)
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = VlmClient(f"http://127.0.0.1:{port}", "m", 1, connect_retries=2)
+        try:
+            body = {"model": "m", "messages": [{"content": "x" * (8 << 20)}]}  # larger than the socket buffers
+            return await client.complete("r", body)
+        finally:
+            await client.aclose()
+            server.close()
+
+    assert asyncio.run(main()) == "second try"
+    assert connections == 2
 
 
 def test_a_slow_upstream_times_out_as_gateway_timeout_and_frees_its_slot():

@@ -189,8 +189,9 @@ class VlmClient:
             try:
                 async with self._client().post(self._url, json=body) as response:
                     status, data = response.status, await response.read()
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                # Nothing was processed (or the connection was dropped before an answer): safe to retry.
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                # Refused, reset or dropped before an answer (a kept-alive connection the server closed as
+                # the body went out, say): a block's request can be asked again.
                 if attempt >= self.connect_retries:
                     raise VlmError(
                         f"cannot reach the model server after {attempt + 1} attempts ({type(exc).__name__}: {exc})"
