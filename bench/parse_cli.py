@@ -30,21 +30,21 @@ from tests.fixtures.fake_layout import FakeDetector  # noqa: E402
 from tests.fixtures.fake_vllm import FakeVllm, serve_on_loopback  # noqa: E402
 from tests.unit.test_proxy_app import answer_by_prompt, settings  # noqa: E402
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.client.api import LayoutParsingClient  # noqa: E402
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.client.parse import find_documents, parse_documents  # noqa: E402
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.client.parse import Outcome, find_documents, parse_documents  # noqa: E402
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import create_app  # noqa: E402
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.endpoints.ui import WEB_DIR  # noqa: E402
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.state import UpstreamState  # noqa: E402
 
 
-def serve_proxy(block_delay_s: float, concurrency: int) -> tuple[str, threading.Event]:
-    """The proxy app on loopback in a thread; returns its URL and the event that stops it."""
+def serve_proxy(block_delay_s: float, concurrency: int, data_dir: str) -> tuple[str, threading.Event]:
+    """The proxy app on loopback in a thread (its jobs under `data_dir`); returns its URL and the event that stops it."""
     started, stop, box = threading.Event(), threading.Event(), {}
 
     async def main() -> None:
         async with serve_on_loopback(FakeVllm(answer=answer_by_prompt, delay_s=block_delay_s)) as upstream:
             state = UpstreamState()
             state.mark_ready()
-            app = create_app(settings(upstream, concurrency=concurrency), state=state, detector=FakeDetector())
+            app = create_app(settings(upstream, concurrency=concurrency, data_dir=data_dir), state=state, detector=FakeDetector())
             async with serve_on_loopback(app) as url:
                 box["url"] = url
                 started.set()
@@ -63,7 +63,8 @@ def time_parse(url: str, inputs: Path, out: Path, in_flight: int) -> float:
     async def main() -> None:
         async with LayoutParsingClient(url) as client:
             outcomes = await parse_documents(
-                client, found.documents, {"visualize": False}, concurrency=in_flight, show_progress=False
+                client, [Outcome(d) for d in found.documents], {"visualize": False}, concurrency=in_flight,
+                show_progress=False,
             )
         failed = [o for o in outcomes if o.error]
         if failed:
@@ -95,9 +96,9 @@ def main() -> None:
     parser.add_argument("--server-concurrency", type=int, default=64, help="the proxy's bound on block requests")
     args = parser.parse_args()
 
-    url, stop = serve_proxy(args.block_delay_ms / 1000, args.server_concurrency)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, stop = serve_proxy(args.block_delay_ms / 1000, args.server_concurrency, str(Path(tmp) / "data"))
+        try:
             inputs = Path(tmp) / "in"
             inputs.mkdir()
             page = png_bytes(make_page_image(600, 800))
@@ -105,8 +106,8 @@ def main() -> None:
                 (inputs / f"doc{index:03d}.png").write_bytes(page)
             time_parse(url, inputs, Path(tmp) / "warm", 1)  # warm-up, not counted
             results = [(n, time_parse(url, inputs, Path(tmp) / f"out{n}", n)) for n in args.in_flight]
-    finally:
-        stop.set()
+        finally:
+            stop.set()
 
     base = results[0][1]
     print(f"parse: {args.documents} one-page documents, 7 blocks each, {args.block_delay_ms:.0f} ms per block")
