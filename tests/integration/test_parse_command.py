@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -76,11 +77,12 @@ def test_ctrl_c_cancels_the_job_it_started_and_says_so(served, tmp_path):
             if command.poll() is None:
                 command.kill()
         requests = list(proxy.requests)
-    (job_id,) = {path.split("/")[6] for method, path, _ in requests if method == "GET"}
     assert command.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("vllm_paddle_ocr parse: error: interrupted; 0 of 1 document(s) written"), err
-    assert f"cancelled 1 job(s) on the server: {pdf} (job {job_id})" in last
+    cancelled = re.search(rf"cancelled 1 job\(s\) on the server: {re.escape(str(pdf))} \(job ([0-9a-f]{{32}})\)$", last)
+    assert cancelled, last
+    job_id = cancelled.group(1)
     assert ("DELETE", f"/model/proxy/3{JOBS}/{job_id}", 200) in requests
     status = httpx.get(f"{served.url}{JOBS}/{job_id}", timeout=30).json()["result"]
     assert status["status"] == "cancelled" and status["pagesDone"] < 5
