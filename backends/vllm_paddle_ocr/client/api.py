@@ -27,6 +27,8 @@ MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 # How long one poll of a job's result may be held by the server (it holds at most 60 s).
 POLL_WAIT_S = 30
+# Shorter while the job is queued: the server answers at the first page, and the queue moves before that.
+QUEUED_WAIT_S = 2
 # How long cancelling a job given up on may take before the client stops asking.
 CANCEL_TIMEOUT_S = 10.0
 
@@ -175,7 +177,7 @@ class LayoutParsingClient:
         report(status)
         try:
             # Restructuring across pages rewrites every page once the last is done: read them all again then.
-            return await self._follow(status.job_id, report, reread=bool(options.get("restructurePages")))
+            return await self._follow(status, report, reread=bool(options.get("restructurePages")))
         except JobEnded:
             raise
         except BaseException:  # interrupted, out of time, or the server lost: stop the server's work too
@@ -184,19 +186,22 @@ class LayoutParsingClient:
                 report(cancelled)
             raise
 
-    async def _follow(self, job_id: str, report: Progress, *, reread: bool) -> dict[str, Any]:
+    async def _follow(self, job: JobProgress, report: Progress, *, reread: bool) -> dict[str, Any]:
         """Long-poll the job's result from the first page not yet read until the whole answer is there."""
+        job_id = job.job_id
         pages: list[dict[str, Any]] = []
         while True:
+            wait = QUEUED_WAIT_S if job.status == "queued" else POLL_WAIT_S
             answer = await self._request(
-                "GET", f"{JOBS_PATH}/{job_id}/result", params={"wait": POLL_WAIT_S, "from": len(pages)},
+                "GET", f"{JOBS_PATH}/{job_id}/result", params={"wait": wait, "from": len(pages)},
                 accept=(200, 202), job=True,
             )  # fmt: skip
             result = answer.envelope["result"]
             if answer.status == 202:
                 new = result["layoutParsingResults"]
                 pages += new
-                report(JobProgress.of(result["job"]))
+                job = JobProgress.of(result["job"])
+                report(job)
                 if not new and answer.retry_after:
                     await self._sleep(min(answer.retry_after, MAX_RETRY_AFTER_S))
                 continue
