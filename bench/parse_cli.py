@@ -1,5 +1,6 @@
 """`vllm_paddle_ocr parse` with several documents in flight against one at a time, side by side in one run,
-and the weight of the web page and /docs as a browser loads them.
+what following each document as a job costs against holding it open on /layout-parsing, and the weight
+of the web page and /docs as a browser loads them.
 
 The server is the real proxy app under uvicorn on loopback, in front of a vLLM-like upstream that answers
 every block after a fixed delay (tests/fixtures/fake_vllm.py) and a detector with fixed boxes, so the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import io
 import re
@@ -21,6 +23,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,6 +80,30 @@ def time_parse(url: str, inputs: Path, out: Path, in_flight: int) -> float:
     return time.perf_counter() - start
 
 
+def time_synchronous(url: str, inputs: Path, in_flight: int) -> float:
+    """The baseline: the same documents held open on POST /layout-parsing and joined, `in_flight` at a time, nothing written."""
+    paths = sorted(inputs.iterdir())
+
+    async def main() -> None:
+        slots = asyncio.Semaphore(in_flight)
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+
+            async def one(path: Path) -> None:
+                async with slots:
+                    body = {"file": base64.b64encode(path.read_bytes()).decode(), "fileType": 1, "visualize": False}
+                    answer = await http.post("/layout-parsing", json=body)
+                    answer.raise_for_status()
+                    pages = [{"prunedResult": r["prunedResult"]} for r in answer.json()["result"]["layoutParsingResults"]]
+                    joined = await http.post("/restructure-pages", json={"pages": pages, "concatenatePages": True})
+                    joined.raise_for_status()
+
+            await asyncio.gather(*(one(path) for path in paths))
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    return time.perf_counter() - start
+
+
 def page_weight(html_name: str) -> tuple[int, int]:
     """(files, bytes) a browser fetches at most for one of the package's pages: the HTML and every asset it names."""
     html = (WEB_DIR / html_name).read_text(encoding="utf-8")
@@ -106,6 +134,7 @@ def main() -> None:
                 (inputs / f"doc{index:03d}.png").write_bytes(page)
             time_parse(url, inputs, Path(tmp) / "warm", 1)  # warm-up, not counted
             results = [(n, time_parse(url, inputs, Path(tmp) / f"out{n}", n)) for n in args.in_flight]
+            synchronous = [(n, time_synchronous(url, inputs, n)) for n in (args.in_flight[0], args.in_flight[-1])]
         finally:
             stop.set()
 
@@ -114,6 +143,12 @@ def main() -> None:
     print(f"{'in flight':>10} {'seconds':>9} {'docs/s':>8} {'vs ' + str(results[0][0]):>8}")
     for n, seconds in results:
         print(f"{n:>10} {seconds:>9.2f} {args.documents / seconds:>8.2f} {base / seconds:>7.2f}x")
+    timed = dict(results)
+    for n, seconds in synchronous:
+        print(
+            f"{n} in flight: parse through the jobs API (submit, long polls, join, write) {timed[n]:.2f} s, the same "
+            f"documents held open on /layout-parsing and joined {seconds:.2f} s: jobs take {timed[n] / seconds:.2f}x"
+        )
     for name, label in (("index.html", "the page (/)"), ("docs.html", "/docs")):
         files, size = page_weight(name)
         print(f"{label}: at most {files} files, {size / 1024:.0f} KiB uncompressed, all from the package")
