@@ -50,7 +50,8 @@ JOBS = "/layout-parsing/jobs"
 class Gate:
     """ASGI middleware in front of the proxy: records every request, and answers the first ones it is told to refuse.
 
-    `busy` holds (method, status, Retry-After) refusals, each answered to the next request of that method.
+    `busy` holds (request, status, Retry-After) refusals, each answered to the next request that matches:
+    a method ("POST"), or a method and path ("POST /layout-parsing/jobs").
     """
 
     def __init__(self, app, *, busy: list[tuple[str, int, str | None]] = ()) -> None:
@@ -65,7 +66,8 @@ class Gate:
         if scope["type"] == "http":
             request = Request(scope, receive)
             self.seen.append((request.method, request.url.path))
-            refusal = next((entry for entry in self.busy if entry[0] == request.method), None)
+            asked = (request.method, f"{request.method} {request.url.path}")
+            refusal = next((entry for entry in self.busy if entry[0] in asked), None)
             if refusal is not None:
                 self.busy.remove(refusal)
                 _, status, retry_after = refusal
@@ -384,3 +386,20 @@ def test_a_document_read_page_by_page_equals_the_synchronous_answer_also_when_pa
     assert any(0 < job.pages_done < 3 for job in heard), "the pages were not read as they finished"
     plain, restructured = (parsed["result"]["layoutParsingResults"] for parsed, _ in answers)
     assert plain != restructured, "restructuring changed nothing here, so this test would not see a stale page"
+
+
+def test_a_server_without_the_jobs_api_gets_one_request_held_open_and_no_page_range(tmp_path):
+    heard: list[JobProgress] = []
+
+    async def main(url, options):
+        async with LayoutParsingClient(url) as client:
+            return await client.parse(make_pdf(2), name="two.pdf", options=options, progress=heard.append)
+
+    no_jobs = [(f"POST {JOBS}", 404, None)] * 2
+    with proxy_in_thread(tmp_path / "data", lambda app: Gate(app, busy=no_jobs)) as (url, gate):
+        envelope = asyncio.run(main(url, {"visualize": False}))
+        with pytest.raises(ServerError, match="has no /layout-parsing/jobs.*without --page-range"):
+            asyncio.run(main(url, {"visualize": False, "pageRange": "2"}))
+    assert len(envelope["result"]["layoutParsingResults"]) == 2
+    assert heard == [JobProgress(None, "done", 2, 2, None)]
+    assert gate.requests("POST", "/layout-parsing") == ["/layout-parsing"] and gate.requests("GET") == []

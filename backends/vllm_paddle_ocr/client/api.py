@@ -3,6 +3,7 @@
 A document is submitted to POST /layout-parsing/jobs, then followed with long polls of its result
 (`wait`, `from`), so progress moves as each page finishes; every request is asked again while the
 server is busy (429/503, honouring Retry-After). A job given up on (Ctrl-C, the time limit) is cancelled.
+A server without the jobs API (PaddleX's own) gets one /layout-parsing request per document instead.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class JobEnded(ServerError):
 class JobProgress:
     """Where a document's job stands, as the server last said."""
 
-    job_id: str
+    job_id: str | None  # None: the server has no jobs API and answered the document at once
     status: str  # queued, running, done, failed, cancelled
     pages_done: int
     pages_total: int | None  # None until the server has opened the document
@@ -170,25 +171,42 @@ class LayoutParsingClient:
         kind = file_type(name)
         if kind is not None and "fileType" not in options:
             body["fileType"] = kind
-        submitted = await self._request("POST", JOBS_PATH, json=body, accept=(202,))
+        report = progress or (lambda _: None)
+        try:
+            submitted = await self._request("POST", JOBS_PATH, json=body, accept=(202,))
+        except ServerError as exc:
+            if exc.status not in (404, 405):
+                raise
+            return await self._parse_held_open(body, options, report)
         del body
         status = JobProgress.of(submitted.envelope["result"])
-        report = progress or (lambda _: None)
+        job_id = str(submitted.envelope["result"]["jobId"])
         report(status)
         try:
             # Restructuring across pages rewrites every page once the last is done: read them all again then.
-            return await self._follow(status, report, reread=bool(options.get("restructurePages")))
+            return await self._follow(job_id, status, report, reread=bool(options.get("restructurePages")))
         except JobEnded:
             raise
         except BaseException:  # interrupted, out of time, or the server lost: stop the server's work too
-            cancelled = await self.cancel(status.job_id)
+            cancelled = await self.cancel(job_id)
             if cancelled is not None:
                 report(cancelled)
             raise
 
-    async def _follow(self, job: JobProgress, report: Progress, *, reread: bool) -> dict[str, Any]:
+    async def _parse_held_open(self, body: dict[str, Any], options: Mapping[str, Any], report: Progress) -> dict[str, Any]:
+        """For a server without the jobs API (PaddleX's own): one /layout-parsing request held open."""
+        if "pageRange" in options:
+            raise ServerError(
+                f"{self.server} has no /layout-parsing/jobs, so it may not know pageRange either "
+                "(PaddleX's server parses every page); parse without --page-range there"
+            )
+        envelope = (await self._request("POST", "layout-parsing", json=body)).envelope
+        count = len(envelope["result"]["layoutParsingResults"])
+        report(JobProgress(None, "done", count, count, None))
+        return envelope
+
+    async def _follow(self, job_id: str, job: JobProgress, report: Progress, *, reread: bool) -> dict[str, Any]:
         """Long-poll the job's result from the first page not yet read until the whole answer is there."""
-        job_id = job.job_id
         pages: list[dict[str, Any]] = []
         while True:
             wait = QUEUED_WAIT_S if job.status == "queued" else POLL_WAIT_S
