@@ -318,8 +318,10 @@ function show(doc, page) {
   else img.removeAttribute("src");
   drawBlocks($("boxes"), pruned);
   const blocks = (pruned.parsing_res_list || []).length;
+  // With a page range, page_index says which page of the document this is.
+  const where = Number.isInteger(pruned.page_index) ? `page ${pruned.page_index + 1} of the document · ` : "";
   $("page-caption").textContent =
-    `${blocks} block${blocks === 1 ? "" : "s"} · ${pruned.width}×${pruned.height}` + (image ? "" : " · no page image (turn on “Return page images”)");
+    `${where}${blocks} block${blocks === 1 ? "" : "s"} · ${pruned.width}×${pruned.height}` + (image ? "" : " · no page image (turn on “Return page images”)");
 
   const article = $("markdown");
   article.replaceChildren(renderMarkdown(result.markdown.text, result.markdown.images || {}));
