@@ -195,7 +195,9 @@ def test_a_page_range_goes_to_pdfs_and_an_image_is_parsed_whole(tmp_path, capsys
     assert [page["prunedResult"]["page_index"] for page in pdf] == [1, 2]
     photo = json.loads((out / "photo" / "photo.json").read_text())["result"]["layoutParsingResults"]
     assert len(photo) == 1 and "page_index" not in photo[0]["prunedResult"]
-    assert "three.pdf: 2 page(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "three.pdf: 2 page(s)" in printed
+    assert "--page-range applies to PDFs and TIFFs; 1 image(s) parsed whole: photo.png" in printed
 
 
 def test_a_page_range_past_the_end_is_named_with_the_document(tmp_path, capsys):

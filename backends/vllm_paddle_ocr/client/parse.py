@@ -265,6 +265,9 @@ def run_parse(
     if not inputs.documents:
         raise ParseError("no PDF or image among the paths given")
     outcomes = [Outcome(document) for document in inputs.documents]
+    whole = [d.path.name for d in inputs.documents if page_range is not None and not has_pages(d.path.name)]
+    if whole:
+        tqdm.write(f"--page-range applies to PDFs and TIFFs; {len(whole)} image(s) parsed whole: {', '.join(whole)}")
 
     async def main() -> None:
         async with LayoutParsingClient(
