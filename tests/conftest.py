@@ -65,6 +65,7 @@ def cpu_env(tmp_path_factory) -> dict[str, str]:
         "VLLM_CACHE_ROOT": str(cache / "vllm"),
         "PADDLE_PDX_CACHE_HOME": str(cache / "paddlex"),
         "VLLM_PADDLE_OCR_LOCK_DIR": str(cache / "locks"),
+        "VLLM_PADDLE_OCR_DATA_DIR": str(cache / "data"),  # jobs stay in the run's temp dir, not the user's home
     }
 
 

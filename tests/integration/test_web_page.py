@@ -1,9 +1,11 @@
 """The web page in a real headless Chromium (Debian's chromium + chromium-driver) against the real server.
 
-A PNG and a 2-page PDF go through the page to vLLM on CPU and paddlex; every page must show its blocks
-over the page image and its markdown, equal to the JSON the page downloads, with nothing in the
-browser's console. The same page works under a path prefix behind a reverse proxy that asks for a key,
-and a saved answer carrying hostile markup renders with formulas and tables but runs nothing.
+A PNG and a 3-page PDF go through the page as jobs to vLLM on CPU and paddlex: each waits in the queue
+with its position shown, its bar moves page by page and its pages show as they finish; then every page
+must show its blocks over the page image and its markdown, equal to the JSON the page downloads, with
+nothing in the browser's console. A page range parses only the pages asked for, and a document's job
+can be cancelled from the page. The same page works under a path prefix behind a reverse proxy that
+asks for a key, and a saved answer carrying hostile markup renders with formulas and tables but runs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures.documents import jpeg_bytes, make_page_image, make_pdf, png_bytes
@@ -85,15 +88,48 @@ def upload(driver, *paths: Path) -> None:
 
 
 def wait_until_settled(driver, count: int) -> list[tuple[str, str]]:
-    """Wait until `count` documents are done or failed; their (status, text) rows."""
+    """Wait until `count` documents are done, failed or cancelled; their (status, text) rows."""
 
     def settled(d):
         rows = all_css(d, "#documents li")
         states = [row.get_attribute("data-status") for row in rows]
-        return len(rows) == count and all(state in ("done", "failed") for state in states) and rows
+        return len(rows) == count and all(state in ("done", "failed", "cancelled") for state in states) and rows
 
     rows = wait(driver, settled, PARSE_TIMEOUT_S)
     return [(row.get_attribute("data-status"), row.text) for row in rows]
+
+
+RECORD_PROGRESS = """
+    // Every state each document's row goes through, as the page shows it.
+    window.__progress = [];
+    const last = new Map();
+    const record = () => {
+      for (const row of document.querySelectorAll('#documents li')) {
+        const d = row.dataset;
+        const state = {
+          name: row.querySelector('.name').textContent, status: d.status, jobId: d.jobId,
+          done: d.pagesDone === '' ? null : Number(d.pagesDone), total: d.pagesTotal === '' ? null : Number(d.pagesTotal),
+          shown: Number(d.pagesShown), queue: d.queuePosition === '' ? null : Number(d.queuePosition),
+          text: row.querySelector('.state').textContent, bar: row.querySelector('progress').value,
+        };
+        const key = JSON.stringify(state);
+        if (last.get(state.name) !== key) {
+          last.set(state.name, key);
+          window.__progress.push(state);
+        }
+      }
+    };
+    new MutationObserver(record).observe(document.getElementById('documents'),
+      {subtree: true, childList: true, attributes: true, characterData: true});
+"""
+
+
+def record_progress(driver) -> None:
+    driver.execute_script(RECORD_PROGRESS)
+
+
+def progress_of(driver, name: str) -> list[dict]:
+    return [state for state in driver.execute_script("return window.__progress") if state["name"] == name]
 
 
 def downloaded(driver, name: str) -> Path:
@@ -119,17 +155,32 @@ def shown_page(driver) -> dict:
     )
 
 
-def test_a_png_and_a_two_page_pdf_show_blocks_and_markdown_for_every_page(served, browser, tmp_path):
-    png, pdf = tmp_path / "report.png", tmp_path / "two-pages.pdf"
+def test_a_png_and_a_three_page_pdf_show_progress_then_blocks_and_markdown_for_every_page(served, browser, tmp_path):
+    png, pdf = tmp_path / "report.png", tmp_path / "three-pages.pdf"
     png.write_bytes(png_bytes(make_page_image(640, 800)))
-    pdf.write_bytes(make_pdf(2))
+    pdf.write_bytes(make_pdf(3))
     open_page(browser, served.url + "/")
+    record_progress(browser)
     upload(browser, png, pdf)
     rows = wait_until_settled(browser, 2)
     assert [status for status, _ in rows] == ["done", "done"], rows
     assert by_id(browser, "overall").text == "2 of 2 documents parsed"
 
-    for index, (path, pages) in enumerate(((png, 1), (pdf, 2))):
+    # Each job was queued on the server first, its place in the queue shown.
+    for path in (png, pdf):
+        states = progress_of(browser, path.name)
+        queued = [state for state in states if state["status"] == "queued"]
+        assert queued and all(state["queue"] is not None and "queued on the server" in state["text"] for state in queued), states
+        assert states[-1]["status"] == "done" and states[-1]["jobId"]
+    # The PDF's bar moved page by page, and its pages were there to see before the document was done.
+    states = progress_of(browser, pdf.name)
+    running = [state for state in states if state["status"] == "running"]
+    assert any(0 < state["done"] < 3 and state["bar"] == state["done"] for state in running), states
+    assert any(f"page {state['done']} of 3 parsed" == state["text"] for state in running if 0 < state["done"] < 3)
+    assert any(0 < state["shown"] < 3 for state in running), states
+    assert [state["shown"] for state in states] == sorted(state["shown"] for state in states)
+
+    for index, (path, pages) in enumerate(((png, 1), (pdf, 3))):
         all_css(browser, "#documents li .name")[index].click()
         wait(browser, lambda d: by_id(d, "doc-name").text == path.name)
         by_id(browser, "download-json").click()
@@ -162,6 +213,43 @@ def test_a_png_and_a_two_page_pdf_show_blocks_and_markdown_for_every_page(served
 
     assert console_errors(browser) == []
     print(f"screenshot: {browser.screenshots / 'web-page.png'}")
+
+
+def test_a_page_range_parses_only_the_pages_asked_for_and_an_image_whole(served, browser, tmp_path):
+    pdf, png = tmp_path / "two-pages.pdf", tmp_path / "photo.png"
+    pdf.write_bytes(make_pdf(2))
+    png.write_bytes(png_bytes(make_page_image(480, 640)))
+    open_page(browser, served.url + "/")
+    by_id(browser, "page-range").send_keys("2")
+    upload(browser, pdf, png)
+    rows = wait_until_settled(browser, 2)
+    assert [status for status, _ in rows] == ["done", "done"], rows
+    for index, (path, indices) in enumerate(((pdf, [1]), (png, [None]))):
+        all_css(browser, "#documents li .name")[index].click()
+        wait(browser, lambda d: by_id(d, "doc-name").text == path.name)
+        assert by_id(browser, "page-number").text == "Page 1 / 1"
+        assert shown_page(browser)["blocks"] > 0
+        by_id(browser, "download-json").click()
+        results = json.loads(downloaded(browser, f"{path.stem}.json").read_text())["result"]["layoutParsingResults"]
+        assert [result["prunedResult"].get("page_index") for result in results] == indices
+    assert console_errors(browser) == []
+
+
+def test_cancel_stops_a_documents_job_on_the_server(served, browser, tmp_path):
+    pdf = tmp_path / "long.pdf"
+    pdf.write_bytes(make_pdf(5))
+    open_page(browser, served.url + "/")
+    upload(browser, pdf)
+    row = wait(browser, lambda d: (all_css(d, "#documents li[data-status=running]") or [None])[0], PARSE_TIMEOUT_S)
+    job_id = row.get_attribute("data-job-id")
+    row.find_element("css selector", ".cancel").click()
+    rows = wait_until_settled(browser, 1)
+    assert [status for status, _ in rows] == ["cancelled"], rows
+    assert by_id(browser, "overall").text == "0 of 1 document parsed, 1 cancelled"
+    assert not row.find_element("css selector", ".cancel").is_displayed()
+    status = httpx.get(f"{served.url}/layout-parsing/jobs/{job_id}", timeout=30).json()["result"]
+    assert status["status"] == "cancelled" and status["pagesDone"] < 5
+    assert console_errors(browser) == []
 
 
 HOSTILE_MARKDOWN = "\n\n".join(
@@ -236,8 +324,7 @@ def test_under_a_path_prefix_the_page_asks_for_the_key_and_parses(served, browse
     png = tmp_path / "page.png"
     png.write_bytes(png_bytes(make_page_image(480, 640)))
     with PrefixProxy(served.url, "/model/proxy/7", key="k3y") as proxy:
-        browser.execute_script("sessionStorage.clear()")
-        open_page(browser, proxy.url)
+        open_page(browser, proxy.url)  # a new origin (the proxy's port): no key is stored for it
         upload(browser, png)
         dialog = wait(browser, lambda d: by_id(d, "key-dialog").is_displayed() and by_id(d, "key-dialog"))
         assert "API key" in dialog.text or "Unauthorized" in dialog.text
@@ -257,4 +344,5 @@ def test_under_a_path_prefix_the_page_asks_for_the_key_and_parses(served, browse
         assert console_errors(browser) == []
         paths = [path for _, path, _ in proxy.requests]
     assert all(path.startswith("/model/proxy/7/") for path in paths)
-    assert "/model/proxy/7/layout-parsing" in paths and "/model/proxy/7/openapi.json" in paths
+    assert "/model/proxy/7/layout-parsing/jobs" in paths and "/model/proxy/7/openapi.json" in paths
+    assert any(path.startswith("/model/proxy/7/layout-parsing/jobs/") and "/result?" in path for path in paths)

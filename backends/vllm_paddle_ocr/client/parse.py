@@ -1,7 +1,8 @@
 """`vllm_paddle_ocr parse`: files and directories in, one Markdown file (with its pictures) and one JSON per document out.
 
-Several documents are in flight at once; a document that fails is named at the end, after every other
-one has been written.
+Each document is a job on the server; several are in flight at once, each with a bar that moves as its
+pages finish. A document that fails is named at the end, after every other one has been written; an
+interrupted run (Ctrl-C) cancels the jobs it started.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 
-from .api import DOCUMENT_SUFFIXES, LayoutParsingClient, ServerError
+from .api import DOCUMENT_SUFFIXES, JobProgress, LayoutParsingClient, ServerError, has_pages
 
 API_KEY_ENV = "VLLM_PADDLE_OCR_API_KEY"
 SERVER_ENV = "VLLM_PADDLE_OCR_SERVER"
@@ -28,6 +29,12 @@ SERVER_ENV = "VLLM_PADDLE_OCR_SERVER"
 
 class ParseError(VllmPaddleOcrError):
     """Some documents could not be parsed; the message names each of them."""
+
+
+class Interrupted(ParseError):
+    """The run was interrupted (Ctrl-C); the message says what was written and which jobs were cancelled."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Outcome:
     pages: int = 0
     pictures: int = 0
     error: str | None = None
+    job: JobProgress | None = None  # the document's job as the server last described it
 
 
 @dataclass
@@ -119,35 +127,59 @@ def write_outputs(document: Document, envelope: Mapping[str, Any], markdown: str
     return markdown_path, len(pictures)
 
 
+def describe(job: JobProgress) -> str:
+    """A job's state in a few words beside its bar."""
+    if job.status == "queued":
+        ahead = job.queue_position
+        return "queued" if ahead is None else ("queued, next" if ahead == 0 else f"queued, {ahead} ahead")
+    return "" if job.status in ("running", "done") else job.status
+
+
 async def parse_documents(
     client: LayoutParsingClient,
-    documents: Sequence[Document],
+    outcomes: Sequence[Outcome],
     options: Mapping[str, Any],
     *,
     concurrency: int,
+    page_range: str | None = None,
     show_progress: bool | None = None,
-) -> list[Outcome]:
-    """Parse every document, `concurrency` at a time; a failure is recorded and the others go on."""
+) -> Sequence[Outcome]:
+    """Parse each outcome's document, `concurrency` at a time, filling the outcome in as it goes.
+
+    A failure is recorded and the others go on; an interruption leaves every outcome saying how far it got.
+    `page_range` goes to the documents that have pages (PDFs, TIFFs); an image is its one page.
+    """
     slots = asyncio.Semaphore(concurrency)
     # None: bars on a terminal only (tqdm's rule), so logs and pipes get the plain lines alone.
     disable = None if show_progress is None else not show_progress
-    overall = tqdm(total=len(documents), desc="documents", unit="doc", position=0, disable=disable)
+    overall = tqdm(total=len(outcomes), desc="documents", unit="doc", position=0, disable=disable)
     free_rows = list(range(concurrency, 0, -1))
 
-    async def one(document: Document) -> Outcome:
-        outcome = Outcome(document)
+    def show_pages() -> None:
+        done = sum(o.job.pages_done for o in outcomes if o.job is not None)
+        overall.set_postfix_str(f"{done} page(s) done")
+
+    async def one(outcome: Outcome) -> None:
+        document = outcome.document
         async with slots:
             row = free_rows.pop()
             bar = tqdm(desc=document.path.name, unit="page", position=row, leave=False, disable=overall.disable)
             try:
 
-                def progress(done: int, total: int | None) -> None:
-                    bar.total = total
-                    bar.n = done
+                def progress(job: JobProgress) -> None:
+                    outcome.job = job
+                    bar.total = job.pages_total
+                    bar.n = job.pages_done
+                    bar.set_postfix_str(describe(job), refresh=False)
                     bar.refresh()
+                    show_pages()
 
                 data = await asyncio.to_thread(document.path.read_bytes)
-                envelope = await client.parse(data, name=document.path.name, options=options, progress=progress)
+                asked = dict(options)
+                if page_range is not None and has_pages(document.path.name):
+                    asked["pageRange"] = page_range
+                envelope = await client.parse(data, name=document.path.name, options=asked, progress=progress)
+                del data
                 results = envelope["result"]["layoutParsingResults"]
                 markdown = await client.join_pages(results, restructure=_restructure_options(options))
                 outcome.markdown, outcome.pictures = await asyncio.to_thread(write_outputs, document, envelope, markdown)
@@ -158,16 +190,19 @@ async def parse_documents(
             except (VllmPaddleOcrError, OSError) as exc:
                 outcome.error = str(exc)
                 overall.write(f"{document.path}: failed: {outcome.error}")
+            except asyncio.CancelledError:
+                outcome.error = "interrupted"
+                raise
             finally:
                 bar.close()
                 free_rows.append(row)
                 overall.update(1)
-        return outcome
 
     try:
-        return list(await asyncio.gather(*(one(document) for document in documents)))
+        await asyncio.gather(*(one(outcome) for outcome in outcomes))
     finally:
         overall.close()
+    return outcomes
 
 
 def request_options(
@@ -213,6 +248,7 @@ def run_parse(
     options: Mapping[str, Any],
     api_key: str | None = None,
     concurrency: int = 4,
+    page_range: str | None = None,
     retries: int = 5,
     timeout_s: float = 3600.0,
     show_progress: bool | None = None,
@@ -228,16 +264,23 @@ def run_parse(
         tqdm.write(f"{path}: skipped, not a PDF or an image ({', '.join(DOCUMENT_SUFFIXES)})")
     if not inputs.documents:
         raise ParseError("no PDF or image among the paths given")
+    outcomes = [Outcome(document) for document in inputs.documents]
+    whole = [d.path.name for d in inputs.documents if page_range is not None and not has_pages(d.path.name)]
+    if whole:
+        tqdm.write(f"--page-range applies to PDFs and TIFFs; {len(whole)} image(s) parsed whole: {', '.join(whole)}")
 
-    async def main() -> list[Outcome]:
+    async def main() -> None:
         async with LayoutParsingClient(
             server, api_key=api_key or os.environ.get(API_KEY_ENV), timeout_s=timeout_s, retries=retries
         ) as client:
-            return await parse_documents(
-                client, inputs.documents, options, concurrency=concurrency, show_progress=show_progress
+            await parse_documents(
+                client, outcomes, options, concurrency=concurrency, page_range=page_range, show_progress=show_progress
             )
 
-    outcomes = asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_summary(outcomes, out)) from None
     failed = [outcome for outcome in outcomes if outcome.error is not None]
     written = len(outcomes) - len(failed)
     tqdm.write(f"{written} of {len(outcomes)} document(s) written under {out}")
@@ -245,3 +288,18 @@ def run_parse(
         names = "; ".join(f"{outcome.document.path} ({outcome.error})" for outcome in failed)
         raise ParseError(f"{len(failed)} of {len(outcomes)} document(s) failed: {names}")
     return 0
+
+
+def interrupted_summary(outcomes: Sequence[Outcome], out: Path) -> str:
+    """What an interrupted run did: documents written, jobs cancelled, and jobs the server may still run."""
+    written = sum(1 for outcome in outcomes if outcome.markdown is not None)
+    cancelled = [o for o in outcomes if o.job is not None and o.job.status == "cancelled"]
+    left = [o for o in outcomes if o.job is not None and o.job.status in ("queued", "running") and o.markdown is None]
+    parts = [f"interrupted; {written} of {len(outcomes)} document(s) written under {out}"]
+    if cancelled:
+        names = ", ".join(f"{o.document.path} (job {o.job.job_id})" for o in cancelled if o.job is not None)
+        parts.append(f"cancelled {len(cancelled)} job(s) on the server: {names}")
+    if left:
+        names = ", ".join(f"{o.document.path} (job {o.job.job_id})" for o in left if o.job is not None)
+        parts.append(f"could not cancel {len(left)} job(s), the server may still run them: {names}")
+    return "; ".join(parts)

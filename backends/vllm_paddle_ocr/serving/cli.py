@@ -102,16 +102,18 @@ def _add_parse_parser(sub: argparse._SubParsersAction) -> None:
     parse = sub.add_parser(
         "parse",
         help="Turn PDFs and images into Markdown and JSON on a running server.",
-        description="Send each document to a running server's /layout-parsing; write OUT/<name>/<name>.md with its "
-        "pictures beside it and the JSON answer next to it. Exits non-zero naming every document that failed.",
+        description="Send each document to a running server as a job (/layout-parsing/jobs), following its pages as "
+        "they finish; write OUT/<name>/<name>.md with its pictures beside it and the /layout-parsing JSON answer next "
+        "to it. Exits non-zero naming every document that failed; Ctrl-C cancels the jobs it started.",
     )
     parse.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="Files, or directories searched for PDFs and images.")
     parse.add_argument("--server", help=f"The server's URL, e.g. http://127.0.0.1:8000 or GPUStack's http://<host>/model/proxy/<route> (default ${parse_client.SERVER_ENV}).")
     parse.add_argument("--out", type=Path, default=Path("parsed"), help="Where to write (default ./parsed).")
     parse.add_argument("--api-key", help=f"The server's API key (default ${parse_client.API_KEY_ENV}).")
     parse.add_argument("--concurrency", type=int, default=4, help="Documents in flight at once (default 4).")
-    parse.add_argument("--retries", type=int, default=5, help="Tries again after 429/503 (honouring Retry-After) or no answer (default 5).")
-    parse.add_argument("--timeout", type=float, default=3600.0, help="Seconds to wait for one document (default 3600).")
+    parse.add_argument("--page-range", metavar="RANGE", help="Pages of each PDF (frames of each TIFF) to parse, 1-based, e.g. 1-3,7 or 10-; other images are parsed whole.")
+    parse.add_argument("--retries", type=int, default=5, help="Tries again after 429/503 (honouring Retry-After) or no answer, per request (default 5).")
+    parse.add_argument("--timeout", type=float, default=3600.0, help="Seconds one document may take, queue included; then its job is cancelled (default 3600).")
     parse.add_argument("--no-layout-detection", action="store_true", help="One VLM call per page instead of per block.")
     parse.add_argument("--chart-recognition", action="store_true", help="Turn charts into tables.")
     parse.add_argument("--seal-recognition", action="store_true", help="Read seals.")
@@ -136,6 +138,7 @@ def _run_parse(args: argparse.Namespace) -> int:
         options=options,
         api_key=args.api_key,
         concurrency=args.concurrency,
+        page_range=args.page_range,
         retries=args.retries,
         timeout_s=args.timeout,
         show_progress=False if args.no_progress else None,

@@ -1,9 +1,9 @@
 // The web page: documents in, their progress, then each page's blocks over its image beside its markdown.
 
-import { ApiError, OcrClient } from "./api.js";
+import { ApiError, OcrClient, hasPages } from "./api.js";
 import { drawBlocks, renderMarkdown } from "./render.js";
 
-const IN_FLIGHT = 2; // documents parsed at once; the server bounds its own work per block
+const IN_FLIGHT = 4; // documents sent at once; the server queues the jobs it cannot run yet
 const $ = (id) => document.getElementById(id);
 
 const client = new OcrClient({ askForKey });
@@ -62,15 +62,30 @@ function askForKey(message) {
 
 // -------------------------------------------------------------------------------------- documents
 
+const ACTIVE = ["reading", "queued", "running"]; // statuses of a document the server is working on
+
 function options() {
   const chosen = {};
   for (const box of $("options").querySelectorAll("input[type=checkbox]")) chosen[box.name] = box.checked;
+  const range = $("page-range").value.trim();
+  if (range) chosen.pageRange = range;
   return chosen;
 }
 
+/** What one document asks: the options chosen when it was added; a page range only where there are pages. */
+function optionsFor(file, chosen) {
+  const asked = { ...chosen };
+  if (!hasPages(file)) delete asked.pageRange;
+  return asked;
+}
+
 function addFiles(files) {
+  const chosen = options();
   for (const file of files) {
-    const doc = { file, name: file.name, status: "queued", progress: null, envelope: null, error: null, item: null };
+    const doc = {
+      file, name: file.name, status: "waiting", options: optionsFor(file, chosen), job: null, pages: [],
+      envelope: null, error: null, waitNote: null, controller: null, item: null,
+    };
     documents.push(doc);
     renderDocument(doc);
     if (/\.json$/i.test(file.name) || file.type === "application/json") openSaved(doc);
@@ -80,7 +95,7 @@ function addFiles(files) {
 }
 
 async function openSaved(doc) {
-  doc.status = "running";
+  doc.status = "reading";
   try {
     const envelope = JSON.parse(await doc.file.text());
     if (!envelope || !envelope.result || !Array.isArray(envelope.result.layoutParsingResults)) {
@@ -93,31 +108,67 @@ async function openSaved(doc) {
 }
 
 function pump() {
-  const running = documents.filter((doc) => doc.status === "reading" || doc.status === "running").length;
-  const next = documents.filter((doc) => doc.status === "queued").slice(0, Math.max(0, IN_FLIGHT - running));
+  const busy = documents.filter((doc) => ACTIVE.includes(doc.status)).length;
+  const next = documents.filter((doc) => doc.status === "waiting").slice(0, Math.max(0, IN_FLIGHT - busy));
   for (const doc of next) parseDocument(doc);
 }
 
 async function parseDocument(doc) {
+  doc.controller = new AbortController();
   try {
-    const envelope = await client.parse(doc.file, options(), (progress) => {
-      doc.status = progress.status;
-      doc.progress = progress;
-      renderDocument(doc);
+    const envelope = await client.parse(doc.file, doc.options, {
+      signal: doc.controller.signal,
+      onProgress: (progress) => {
+        doc.waitNote = null;
+        if (progress.job) {
+          doc.job = progress.job;
+          doc.status = progress.job.status === "done" ? "running" : progress.job.status; // done once the answer is kept
+          arrived(doc, progress.pages);
+        } else {
+          doc.status = progress.status;
+        }
+        renderDocument(doc);
+      },
+      onWait: (seconds, why) => {
+        doc.waitNote = `${why === "unreachable" ? "server unreachable" : `server busy (${why})`}, asking again in ${Math.ceil(seconds)} s`;
+        renderDocument(doc);
+      },
     });
     finish(doc, envelope);
   } catch (error) {
-    fail(doc, error);
+    if (error.name === "AbortError") cancelled(doc);
+    else fail(doc, error);
   }
+  doc.controller = null;
   pump();
+}
+
+/** Pages finished so far: shown as they come, the first one as soon as nothing else is on screen. */
+function arrived(doc, pages) {
+  const before = doc.pages.length;
+  doc.pages = pages.slice();
+  if (doc.pages.length === before) return;
+  if (!shown) show(doc, 0);
+  else if (shown.doc === doc) showPager(doc, shown.page);
+}
+
+function cancel(doc) {
+  if (doc.status === "waiting") {
+    cancelled(doc);
+    pump();
+  } else if (doc.controller) {
+    doc.controller.abort(); // parse() cancels the job on the server, then parseDocument() marks it
+  }
 }
 
 function finish(doc, envelope) {
   doc.status = "done";
   doc.envelope = envelope;
+  doc.pages = envelope.result.layoutParsingResults;
   renderDocument(doc);
   renderOverall();
   if (!shown) show(doc, 0);
+  else if (shown.doc === doc) show(doc, shown.page); // the final pages (restructuring may have rewritten them)
 }
 
 function fail(doc, error) {
@@ -125,47 +176,94 @@ function fail(doc, error) {
   doc.error = error instanceof ApiError && error.status ? `${error.status}: ${error.message}` : error.message;
   renderDocument(doc);
   renderOverall();
+  if (shown && shown.doc === doc) showPager(doc, shown.page);
+}
+
+function cancelled(doc) {
+  doc.status = "cancelled";
+  if (doc.job && doc.job.status !== "cancelled") doc.job = { ...doc.job, status: "cancelled" };
+  renderDocument(doc);
+  renderOverall();
+  if (shown && shown.doc === doc) showPager(doc, shown.page);
+}
+
+function stateWords(doc) {
+  const job = doc.job;
+  if (doc.waitNote && ACTIVE.includes(doc.status)) return doc.waitNote;
+  switch (doc.status) {
+    case "waiting":
+      return "waiting";
+    case "reading":
+      return "sending";
+    case "queued": {
+      const ahead = job && job.queuePosition;
+      if (ahead === null || ahead === undefined) return "queued on the server";
+      return ahead === 0 ? "queued on the server, next" : `queued on the server, ${ahead} ahead`;
+    }
+    case "running":
+      return job && job.pagesTotal ? `page ${job.pagesDone} of ${job.pagesTotal} parsed` : "parsing";
+    case "done": {
+      const pages = doc.pages.length;
+      return `${pages} page${pages === 1 ? "" : "s"}`;
+    }
+    case "cancelled":
+      return doc.pages.length ? `cancelled after ${doc.pages.length} page${doc.pages.length === 1 ? "" : "s"}` : "cancelled";
+    default:
+      return doc.status;
+  }
 }
 
 function renderDocument(doc) {
   if (!doc.item) {
     doc.item = document.createElement("li");
-    doc.item.innerHTML = '<button type="button" class="name"></button><span class="state"></span><progress></progress><p class="error"></p>';
-    doc.item.querySelector(".name").addEventListener("click", () => doc.envelope && show(doc, 0));
+    doc.item.innerHTML =
+      '<button type="button" class="name"></button><span class="state"></span>' +
+      '<button type="button" class="cancel" aria-label="Cancel">Cancel</button><progress></progress><p class="error"></p>';
+    doc.item.querySelector(".name").addEventListener("click", () => doc.pages.length && show(doc, 0));
+    doc.item.querySelector(".cancel").addEventListener("click", () => cancel(doc));
     $("documents").append(doc.item);
   }
   const item = doc.item;
+  const job = doc.job;
   item.dataset.status = doc.status;
+  // Where the job stands, for styles and for anyone watching the page's structure.
+  item.dataset.jobId = job ? job.jobId : "";
+  item.dataset.pagesDone = job ? job.pagesDone : "";
+  item.dataset.pagesTotal = job && job.pagesTotal !== null ? job.pagesTotal : "";
+  item.dataset.pagesShown = doc.pages.length;
+  item.dataset.queuePosition = job && job.queuePosition !== null && job.queuePosition !== undefined ? job.queuePosition : "";
   item.querySelector(".name").textContent = doc.name;
-  const pages = doc.envelope ? doc.envelope.result.layoutParsingResults.length : null;
-  const words = {
-    queued: "queued",
-    reading: "reading",
-    running: doc.progress && doc.progress.pagesTotal ? `page ${doc.progress.pagesDone} of ${doc.progress.pagesTotal}` : "parsing",
-    done: `${pages} page${pages === 1 ? "" : "s"}`,
-    failed: "failed",
-  };
-  item.querySelector(".state").textContent = words[doc.status] || doc.status;
+  item.querySelector(".state").textContent = stateWords(doc);
+  item.querySelector(".cancel").hidden = !(doc.status === "waiting" || ACTIVE.includes(doc.status));
   const bar = item.querySelector("progress");
   if (doc.status === "done") {
     bar.max = 1;
     bar.value = 1;
-  } else if (doc.progress && doc.progress.pagesTotal) {
-    bar.max = doc.progress.pagesTotal;
-    bar.value = doc.progress.pagesDone;
-  } else if (doc.status !== "failed") {
-    bar.removeAttribute("value"); // indeterminate while the server works
+  } else if (job && job.pagesTotal) {
+    bar.max = job.pagesTotal;
+    bar.value = job.pagesDone;
+  } else if (doc.status !== "waiting") {
+    bar.removeAttribute("value"); // indeterminate while the server has not counted the pages
   }
-  bar.hidden = doc.status === "failed";
+  bar.hidden = doc.status === "failed" || doc.status === "cancelled" || doc.status === "waiting";
   item.querySelector(".error").textContent = doc.error || "";
 }
 
 function renderOverall() {
-  const done = documents.filter((doc) => doc.status === "done").length;
-  const failed = documents.filter((doc) => doc.status === "failed").length;
+  const count = (status) => documents.filter((doc) => doc.status === status).length;
+  const [done, failed, stopped] = [count("done"), count("failed"), count("cancelled")];
   const line = $("overall");
   line.hidden = documents.length === 0;
-  line.textContent = `${done} of ${documents.length} document${documents.length === 1 ? "" : "s"} parsed` + (failed ? `, ${failed} failed` : "");
+  line.textContent =
+    `${done} of ${documents.length} document${documents.length === 1 ? "" : "s"} parsed` +
+    (failed ? `, ${failed} failed` : "") +
+    (stopped ? `, ${stopped} cancelled` : "");
+}
+
+/** Jobs still queued or running when the tab closes are cancelled: nobody is left to read their results. */
+function cancelOnLeave() {
+  const jobs = documents.filter((doc) => doc.job && ACTIVE.includes(doc.status)).map((doc) => doc.job.jobId);
+  if (jobs.length) client.cancelOnLeave(jobs);
 }
 
 // ------------------------------------------------------------------------------------------ viewer
@@ -173,15 +271,34 @@ function renderOverall() {
 function pageImage(doc, result) {
   if (result.inputImage) return `data:image/jpeg;base64,${result.inputImage}`;
   // The server sent no page image (visualize off): a picture document is its own page image.
-  if (doc.file.type.startsWith("image/") && doc.envelope.result.layoutParsingResults.length === 1) {
+  if (doc.file.type.startsWith("image/") && !hasPages(doc.file) && doc.pages.length === 1) {
     doc.objectUrl = doc.objectUrl || URL.createObjectURL(doc.file);
     return doc.objectUrl;
   }
   return null;
 }
 
+/** The pager's words: pages read so far, and while the job runs, how many it will have. */
+function pagerWords(doc, page) {
+  const words = `Page ${page + 1} / ${doc.pages.length}`;
+  if (doc.status === "done") return words;
+  const total = doc.job && doc.job.pagesTotal;
+  if (ACTIVE.includes(doc.status)) return `${words} · ${total ? `of ${total}, ` : ""}still parsing`;
+  return `${words} · ${doc.status}`;
+}
+
+/** The pager and downloads for the page shown; they change as more of the document arrives. */
+function showPager(doc, page) {
+  $("page-number").textContent = pagerWords(doc, page);
+  $("prev").disabled = page === 0;
+  $("next").disabled = page >= doc.pages.length - 1;
+  // The downloads are of the whole answer, there once the document is done (or opened from a file).
+  $("download-md").disabled = $("download-json").disabled = !doc.envelope;
+}
+
 function show(doc, page) {
-  const results = doc.envelope.result.layoutParsingResults;
+  const results = doc.pages;
+  if (!results.length) return;
   page = Math.max(0, Math.min(page, results.length - 1));
   shown = { doc, page };
   const result = results[page];
@@ -189,9 +306,7 @@ function show(doc, page) {
   $("viewer").hidden = false;
   $("viewer-error").hidden = true;
   $("doc-name").textContent = doc.name;
-  $("page-number").textContent = `Page ${page + 1} / ${results.length}`;
-  $("prev").disabled = page === 0;
-  $("next").disabled = page === results.length - 1;
+  showPager(doc, page);
   for (const other of documents) other.item && other.item.classList.toggle("shown", other === doc);
 
   const frame = $("page-view").querySelector(".page-frame");
@@ -203,8 +318,10 @@ function show(doc, page) {
   else img.removeAttribute("src");
   drawBlocks($("boxes"), pruned);
   const blocks = (pruned.parsing_res_list || []).length;
+  // With a page range, page_index says which page of the document this is.
+  const where = Number.isInteger(pruned.page_index) ? `page ${pruned.page_index + 1} of the document · ` : "";
   $("page-caption").textContent =
-    `${blocks} block${blocks === 1 ? "" : "s"} · ${pruned.width}×${pruned.height}` + (image ? "" : " · no page image (turn on “Return page images”)");
+    `${where}${blocks} block${blocks === 1 ? "" : "s"} · ${pruned.width}×${pruned.height}` + (image ? "" : " · no page image (turn on “Return page images”)");
 
   const article = $("markdown");
   article.replaceChildren(renderMarkdown(result.markdown.text, result.markdown.images || {}));
@@ -286,6 +403,7 @@ function wire() {
     drop.classList.remove("over");
     addFiles(event.dataTransfer.files);
   });
+  window.addEventListener("pagehide", cancelOnLeave);
   $("prev").addEventListener("click", () => show(shown.doc, shown.page - 1));
   $("next").addEventListener("click", () => show(shown.doc, shown.page + 1));
   $("download-md").addEventListener("click", downloadMarkdown);
