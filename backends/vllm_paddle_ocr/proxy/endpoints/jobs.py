@@ -102,7 +102,8 @@ class SubmitJob(_JobEndpoint):
                 await asyncio.to_thread(document.close)
         del infer
         job = await self.runner.submit(body, log_id, pages_total)
-        location = f"{JOBS_PATH}/{job.id}"
+        # Relative to this request's URL, so a prefix in front of the proxy (GPUStack's /model/proxy/<route>/) is kept.
+        location = f"jobs/{job.id}"
         return _answer(success(log_id, await self.status(job)), 202, {"Location": location})
 
 

@@ -31,8 +31,9 @@ from .store import JobFiles, JobStore, JobStoreError
 
 log = logging.getLogger("vllm_paddle_ocr.proxy.jobs")
 
-JOB_WORKERS = 2  # jobs run at once by one instance (each parses several pages at once)
 LEASE_S = 30.0
+# How often a job on another replica (a shared store) is looked at again; this instance's own jobs wake
+# their watchers as soon as a page is stored.
 POLL_S = 0.5
 RETRY_QUEUE_FULL_S = 10
 RESTARTED = "The server restarted while this job was running; submit it again"
@@ -69,7 +70,7 @@ class JobRunner:
         owner: str,
         retention_s: float,
         max_queued: int,
-        workers: int = JOB_WORKERS,
+        workers: Optional[int] = None,
         lease_s: float = LEASE_S,
     ) -> None:
         self.store = store
@@ -82,10 +83,12 @@ class JobRunner:
         self.retention_s = retention_s
         self.max_queued = max_queued
         self.lease_s = lease_s
-        self._workers = workers
+        # As many jobs run at once as admission control admits documents; a worker waits for its room.
+        self._workers = workers or admission.bounds.requests
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()  # set (and replaced) whenever one of this instance's jobs moves
         self._started = False
         self._opened = False
         self._open_lock = asyncio.Lock()
@@ -183,12 +186,19 @@ class JobRunner:
         """The job once the page at `page` (0-based) has finished or the job has, or when `timeout_s` has passed."""
         deadline = time.monotonic() + timeout_s
         while True:
+            moved = self._progress  # taken before looking, so a change while looking is not missed
             job = await self.look(job_id)
             if job is None or job.status in FINISHED or time.monotonic() >= deadline:
                 return job
             if job.pages_done > page and await self.store.has_page(job.id, page):
                 return job
-            await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(moved.wait(), min(POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def _moved(self) -> None:
+        """Wake every watcher: one of this instance's jobs stored a page or changed its status."""
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     async def pages(self, job: Job, start: int) -> list[dict[str, Any]]:
         """The job's finished pages from `start`, in order, up to the first one not finished yet."""
@@ -208,6 +218,7 @@ class JobRunner:
             job.id, ACTIVE, status="cancelled", finished_at=now, expires_at=now + self.retention_s,
             error_code=409, error_msg="The job was cancelled",
         )  # fmt: skip
+        self._moved()
         task = self._running.get(job.id)
         if task is not None:
             task.cancel()
@@ -287,6 +298,7 @@ class JobRunner:
 
         async def on_page(position: int, output: PageOutput) -> PageOutput:
             await self.store.put_page(job.id, position, output.result)
+            self._moved()
             return slim(output)
 
         outputs, info = await self.parser.parse(request, options, hold_pages=hold_pages, on_page=on_page)
@@ -300,6 +312,7 @@ class JobRunner:
         await self.store.update(
             job.id, ("running",), status="done", finished_at=now, expires_at=now + self.retention_s, data_info=info
         )
+        self._moved()
 
     async def _upstream_ready(self) -> None:
         """Wait while vLLM starts; a failed or draining server fails the job."""
@@ -327,6 +340,7 @@ class JobRunner:
             error_code=code, error_msg=message,
         )  # fmt: skip
         if changed:
+            self._moved()
             log.info("job %s failed (%d): %s", job_id, code, message)
             await asyncio.to_thread(self.files.drop_body, job_id)  # when this instance holds it
 
