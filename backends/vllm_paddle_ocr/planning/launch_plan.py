@@ -8,6 +8,7 @@ from typing import Mapping
 from vllm_paddle_ocr.plugin.records import EngineInfo, LaunchPlan, ModelRepo, ProxySettings, ServeRequest, VramPlan
 
 from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
+from .layout_model import LayoutChoice, describe_choice
 from .memory_needs import served_context_length
 from .vram import DEFAULT_CONCURRENCY, fraction_text
 
@@ -75,8 +76,12 @@ def build_launch_plan(
     chat_template: Path,
     upstream_port: int,
     environ: Mapping[str, str],
+    layout: LayoutChoice | None = None,
 ) -> LaunchPlan:
-    """Compose vLLM's argv: the user's flags verbatim, ours only where the user set nothing."""
+    """Compose vLLM's argv: the user's flags verbatim, ours only where the user set nothing.
+
+    ``layout`` is how the proxy runs the layout model (engine, device, batch), decided with the budget.
+    """
     notes: list[str] = []
     broken = flags_known_to_break(model, engine)
     user_flags = []
@@ -133,8 +138,10 @@ def build_launch_plan(
         model_aliases=names,
         model_version=model.version,
         layout_dir=model.layout_dir,
-        layout_model_name=model.layout_model_name,
-        layout_device=request.layout_device,
+        layout_model_name=layout.spec.model_name if layout is not None else model.layout_model_name,
+        layout_device=layout.device if layout is not None else (request.layout_device or "cpu"),
+        layout_engine=layout.engine if layout is not None else None,
+        layout_batch_size=layout.batch_size if layout is not None else 1,
         concurrency=concurrency,
         data_dir=data_dir(request, environ),
         max_body_bytes=request.max_body_bytes,
@@ -145,6 +152,8 @@ def build_launch_plan(
         ready_timeout_s=request.ready_timeout_s,
         shutdown_grace_s=request.shutdown_grace_s,
     )
+    if layout is not None:
+        notes.append(f"layout model: {describe_choice(layout)}")
     if model.layout_dir is None:
         notes.append(
             "no layout model found: /layout-parsing works only with useLayoutDetection=false; "

@@ -78,6 +78,7 @@ class VramOptions(BaseModel):
     kv_cache_flag_supported: bool = True
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False  # no CUDA graphs
+    layout_model_bytes: int = Field(default=0, ge=0)  # the layout model on the same GPU (memory_needs.layout_model_bytes)
 
 
 def describe_gpu(gpu: PlannedGpu) -> str:
@@ -104,6 +105,7 @@ def describe_breakdown(parts: MemoryBreakdown) -> str:
         ("CUDA context", parts.cuda_context),
         *([("NCCL", parts.nccl_buffers)] if parts.nccl_buffers else []),
         ("KV cache", parts.kv_cache),
+        *([("layout model", parts.layout_model)] if parts.layout_model else []),
     ]
     return ", ".join(f"{name} {format_bytes(value)}" for name, value in named)
 
@@ -164,12 +166,19 @@ def _breakdown(needs: ModelMemoryNeeds, options: VramOptions, concurrency: int, 
         cuda_context=CUDA_CONTEXT_BYTES,
         nccl_buffers=NCCL_BYTES if tp > 1 else 0,
         kv_cache=kv_bytes,
+        layout_model=options.layout_model_bytes,
     )
 
 
 def _inside_fraction(parts: MemoryBreakdown, options: VramOptions) -> int:
-    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, else what vLLM profiles."""
-    return parts.total if options.kv_cache_flag_supported else parts.total - parts.before_snapshot
+    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, else what vLLM profiles.
+
+    With a fixed KV cache vLLM holds only its parts, so the fraction (what a control plane books) covers
+    the layout model too; without one vLLM fills the fraction, and the layout model sits beside it.
+    """
+    if options.kv_cache_flag_supported:
+        return parts.total
+    return parts.total - parts.before_snapshot - parts.layout_model
 
 
 def _fraction_for(inside: int, gpus: list[PlannedGpu], margin: float, step: float = FRACTION_STEPS[0]) -> float:
@@ -187,10 +196,11 @@ def _shortfall(fraction: float, gpus: list[PlannedGpu], before_snapshot: int) ->
 def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[PlannedGpu]) -> tuple[float, PlannedGpu, int]:
     """(fraction, tightest GPU, shortfall): the coarsest rounding that passes vLLM's check, else the coarsest."""
     inside = _inside_fraction(parts, options)
+    beside = parts.before_snapshot + (0 if options.kv_cache_flag_supported else parts.layout_model)
     tried = []
     for step in FRACTION_STEPS:
         fraction = _fraction_for(inside, gpus, options.margin, step)
-        tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
+        tightest, miss = _shortfall(fraction, gpus, beside)
         if fraction <= 1.0 and miss <= 0:
             return fraction, tightest, miss
         tried.append((fraction, tightest, miss))
@@ -361,7 +371,7 @@ def _plan_own_fraction(
         kv_flag = parts.kv_cache
         claim = _requested(fraction, tightest)
     else:
-        claim = _requested(fraction, tightest) + parts.before_snapshot
+        claim = _requested(fraction, tightest) + parts.before_snapshot + parts.layout_model
         notes.append(
             "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and what it "
             f"holds before its start-up check ({format_bytes(parts.before_snapshot)}) sits outside what a "
@@ -407,7 +417,8 @@ def _plan_user_fraction(
     implied = max(1, kv_room // per_request) if per_request else requested
     concurrency = min(requested, implied)
     parts = _breakdown(needs, options, concurrency, kv_room)
-    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
+    # The user's fraction is vLLM's alone: the layout model needs room beside it.
+    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot + parts.layout_model)
     if miss > 0:
         raise _refusal(
             tightest, fraction, f"the user's --gpu-memory-utilization {fraction:g}", parts,
@@ -417,7 +428,7 @@ def _plan_user_fraction(
         notes.append(f"the user's --gpu-memory-utilization {fraction:g} leaves KV cache for about {implied} in-flight blocks, fewer than {requested}")
     # vLLM fills the fraction and its context comes on top; a fixed KV cache holds only what the parts add up to.
     booked = _requested(fraction, tightest)
-    claim = booked + parts.before_snapshot if user_kv is None else max(booked, parts.total)
+    claim = booked + parts.before_snapshot + parts.layout_model if user_kv is None else max(booked, parts.total)
     notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,

@@ -13,7 +13,7 @@ from vllm_paddle_ocr.plugin.records import LaunchPlan
 
 from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
-from ..planning.vram import summary
+from ..planning.vram import describe_breakdown, summary
 from .argv import OWN_OPTIONS, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
@@ -127,7 +127,7 @@ def describe_plan(plan: LaunchPlan) -> str:
     lines = [
         f"runtime:      {plan.runtime}",
         f"model:        {plan.model.vlm_dir} (PaddleOCR-VL {plan.model.version}, {plan.model.kind})",
-        f"layout model: {plan.model.layout_dir or 'none'}",
+        f"layout model: {_layout_line(plan)}",
         f"engine:       {plan.engine.distribution or 'vLLM not installed'} {plan.engine.version or ''}".rstrip(),
         f"proxy:        http://{plan.proxy.host}:{plan.proxy.port} -> {plan.proxy.upstream_url}",
         f"served names: {', '.join(plan.proxy.model_aliases)}",
@@ -136,12 +136,26 @@ def describe_plan(plan: LaunchPlan) -> str:
         lines.append(f"VRAM:         {vram.reason if vram is not None else 'no budget planned'}")
     else:
         lines.append(f"VRAM:         {summary(vram)}")
+        lines.append(f"VRAM parts:   {describe_breakdown(vram.breakdown)}")
         lines.append(f"GPUStack:     {vram.gpustack_parameter}")
     lines.append("vLLM argv:    " + " ".join(plan.vllm_argv))
     lines += [f"note:         {note}" for note in plan.notes]
     if vram is not None:
         lines += [f"note:         {note}" for note in vram.notes]
     return "\n".join(lines) + "\n"
+
+
+def _layout_line(plan: LaunchPlan) -> str:
+    """The layout model, and how the proxy runs it."""
+    proxy = plan.proxy
+    if proxy.layout_dir is None:
+        return "none"
+    if proxy.layout_engine is None:
+        return str(proxy.layout_dir)
+    return (
+        f"{proxy.layout_dir} ({proxy.layout_model_name}, {proxy.layout_engine} engine on {proxy.layout_device}, "
+        f"batches of {proxy.layout_batch_size})"
+    )
 
 
 if __name__ == "__main__":

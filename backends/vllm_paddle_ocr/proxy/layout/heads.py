@@ -100,7 +100,8 @@ def top_detections(
     if masks is None:
         return rows, None
     pages = torch.arange(masks.shape[0], device=masks.device)[:, None]
-    return rows, masks[pages, query].float().sigmoid() > MASK_THRESHOLD
+    picked = masks[pages, query].float()  # a copy: the sigmoid can be taken in place
+    return rows, picked.sigmoid_() > MASK_THRESHOLD
 
 
 def raw_detections(model: Any, model_name: str, pixel_values: Any, page_sizes: Sequence[tuple[int, int]]) -> list[RawDetections]:
