@@ -85,7 +85,7 @@ def test_unknown_devices_are_refused(given):
 def test_device_and_batch_defaults_follow_the_engine_and_the_gpu():
     assert choose_layout(STATIC, gpu_present=False).device == "cpu"
     assert choose_layout(STATIC, gpu_present=False).batch_size == 4
-    assert choose_layout(SAFETENSORS_ONLY, gpu_present=True).batch_size == 4  # V3's masks make pages large
+    assert choose_layout(SAFETENSORS_ONLY, gpu_present=True).batch_size == 2  # V3's masks make pages large
     assert choose_layout(STATIC, gpu_present=False, device="gpu:1", batch_size=3).device == "cuda:1"
     assert choose_layout(STATIC, gpu_present=False, device="gpu:1", batch_size=3).batch_size == 3
 
@@ -173,3 +173,38 @@ def test_plan_fails_in_one_line_when_no_engine_can_load_the_layout_model(tmp_pat
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("vllm_paddle_ocr plan: error:") and "the torch engine needs model.safetensors" in line
+
+
+def test_a_given_fraction_holds_the_layout_model_and_vllm_gets_a_fixed_kv_cache(tmp_path):
+    """A catalog's --gpu-memory-utilization is what GPUStack books: vLLM must leave the layout model its share."""
+    from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import planned_fraction
+
+    share = f"{planned_fraction(24 * GiB):.2f}"
+    on_gpu = plan(tmp_path, "--gpu-total", "24GiB", f"--gpu-memory-utilization={share}", "--layout-device", "cuda")
+    argv, vram = on_gpu["vllm_argv"], on_gpu["vram"]
+    kv = int(argv[argv.index("--kv-cache-memory-bytes") + 1])
+    booked = float(share) * 24 * GiB
+    layout = vram["breakdown"]["layout_model"]
+    # vLLM's parts with that KV cache, plus the layout model, fit in what is booked.
+    assert vram["breakdown"]["kv_cache"] == kv
+    assert vram["needed_bytes"] - vram["breakdown"]["cuda_context"] <= booked * 1.001
+    assert layout > 0 and vram["claim_bytes"] <= booked + vram["breakdown"]["cuda_context"] + 1
+    on_cpu = plan(tmp_path, "--gpu-total", "24GiB", f"--gpu-memory-utilization={share}", "--layout-device", "cpu")
+    assert "--kv-cache-memory-bytes" not in on_cpu["vllm_argv"]  # vLLM fills the fraction, as before
+
+
+def test_a_fraction_too_small_for_the_layout_model_says_so(tmp_path):
+    repo = write_fake_vlm_config(tmp_path / "repo")
+    layout = write_fake_layout_model(tmp_path / "PP-DocLayoutV2", params_bytes=PUBLISHED_V2_PARAMS_BYTES)
+    out = subprocess.run(
+        [*EXE, "plan", str(repo), "--layout-model-dir", str(layout), "--gpu-total", "24GiB",
+         "--gpu-memory-utilization=0.15", "--layout-device", "cuda"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 1 and "the layout model" in out.stderr and "use at least" in out.stderr
+    without = subprocess.run(
+        [*EXE, "plan", str(repo), "--layout-model-dir", str(layout), "--gpu-total", "24GiB",
+         "--gpu-memory-utilization=0.15", "--layout-device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert without.returncode == 0, without.stderr

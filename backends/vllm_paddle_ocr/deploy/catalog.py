@@ -13,7 +13,8 @@ from datetime import date
 
 from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 
-from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, memory_needs
+from ..planning.layout_model import GPU_BATCH_SIZE
+from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, layout_model_bytes, memory_needs
 from ..planning.vram import VramOptions, gpustack_parameter, plan_vram
 from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
 from ..sizes import GiB
@@ -97,10 +98,22 @@ def published_needs() -> ModelMemoryNeeds:
     return memory_needs(PUBLISHED_CONFIG, PUBLISHED_PREPROCESSOR_CONFIG, checkpoint)
 
 
+# Parameters of the published layout models (PP-DocLayoutV2 with PaddleOCR-VL, V3 with 1.5 and 1.6).
+PUBLISHED_LAYOUT_PARAMETERS = {"PP-DocLayoutV2": 53_556_083, "PP-DocLayoutV3": 33_175_165}
+
+
+def published_layout_bytes() -> int:
+    """The larger of the published layout models on the GPU at its default batch (the torch engine's default place)."""
+    return max(
+        layout_model_bytes(name, parameters, GPU_BATCH_SIZE[name]) for name, parameters in PUBLISHED_LAYOUT_PARAMETERS.items()
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
-    """The --gpu-memory-utilization the runtime plans for the published model on a card of this size."""
-    plan = plan_vram(published_needs(), None, VramOptions(gpu_total_bytes=card_bytes))
+    """The --gpu-memory-utilization the runtime plans for the published model, layout model included, on a card of this size."""
+    options = VramOptions(gpu_total_bytes=card_bytes, layout_model_bytes=published_layout_bytes())
+    plan = plan_vram(published_needs(), None, options)
     if plan.gpu_memory_utilization is None:
         raise ValueError(f"the VRAM budget planned no fraction for a {card_size(card_bytes)} card: {plan.reason}")
     return plan.gpu_memory_utilization

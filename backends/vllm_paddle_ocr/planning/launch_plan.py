@@ -37,6 +37,9 @@ def memory_flags(vram: VramPlan | None) -> list[tuple[str, tuple[str, ...]]]:
         flags.append(("--gpu-memory-utilization", (fraction_text(vram.gpu_memory_utilization),)))
         if vram.kv_cache_memory_bytes is not None:
             flags.append(("--kv-cache-memory-bytes", (str(vram.kv_cache_memory_bytes),)))
+    elif vram.source == "user" and vram.breakdown.layout_model and vram.kv_cache_memory_bytes is not None:
+        # The user's fraction holds the layout model too: vLLM must not fill it.
+        flags.append(("--kv-cache-memory-bytes", (str(vram.kv_cache_memory_bytes),)))
     if vram.max_num_seqs is not None:
         # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
         flags.append(("--max-num-seqs", (str(vram.max_num_seqs),)))

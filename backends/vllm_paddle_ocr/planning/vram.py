@@ -401,24 +401,30 @@ def _plan_user_fraction(
     overhead = probe.without_kv - probe.before_snapshot  # what vLLM takes out of its budget before the KV cache
     smallest = min(gpus, key=lambda gpu: gpu.cuda_total_bytes)
     given = _requested(fraction, smallest)
-    required = overhead + (0 if user_kv is not None else min_kv)
+    # With the layout model on the GPU the fraction is what the instance books (a catalog's, say): vLLM
+    # gets a fixed KV cache that leaves the layout model its share of it, where vLLM takes a fixed size.
+    layout = options.layout_model_bytes
+    inside = layout if layout and user_kv is None and options.kv_cache_flag_supported else 0
+    required = overhead + inside + (0 if user_kv is not None else min_kv)
     if given < required:
         least = _ceil_step(required / smallest.cuda_total_bytes)
         raise VramError(
             f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(given)} of {describe_gpu(smallest)}, "
             f"but the weights, profiling peak and CUDA graphs take {format_bytes(overhead)}"
+            + (f", the layout model {format_bytes(inside)}" if inside else "")
             + ("" if user_kv is not None else f" and one {needs.max_model_len}-token request needs {format_bytes(min_kv)} of KV cache")
             + f"; use at least {least:.2f}, or leave the flag out and let vllm_paddle_ocr size it",
             gpu=smallest,
             needed_bytes=required,
         )
-    kv_room = user_kv if user_kv is not None else given - overhead
+    kv_room = user_kv if user_kv is not None else given - overhead - inside
     per_request = needs.kv_bytes_per_request(tp)
     implied = max(1, kv_room // per_request) if per_request else requested
     concurrency = min(requested, implied)
     parts = _breakdown(needs, options, concurrency, kv_room)
-    # The user's fraction is vLLM's alone: the layout model needs room beside it.
-    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot + parts.layout_model)
+    # A layout model the fraction does not hold needs room beside it.
+    beside = parts.layout_model - inside
+    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot + beside)
     if miss > 0:
         raise _refusal(
             tightest, fraction, f"the user's --gpu-memory-utilization {fraction:g}", parts,
@@ -428,12 +434,18 @@ def _plan_user_fraction(
         notes.append(f"the user's --gpu-memory-utilization {fraction:g} leaves KV cache for about {implied} in-flight blocks, fewer than {requested}")
     # vLLM fills the fraction and its context comes on top; a fixed KV cache holds only what the parts add up to.
     booked = _requested(fraction, tightest)
-    claim = booked + parts.before_snapshot + parts.layout_model if user_kv is None else max(booked, parts.total)
+    claim = booked + parts.before_snapshot + beside if user_kv is None else max(booked, parts.total)
     notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
+    if inside:
+        notes.append(
+            f"the layout model ({format_bytes(inside)}) runs inside that share: vLLM gets --kv-cache-memory-bytes "
+            f"{kv_room} instead of filling it"
+        )
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
         available=True, source="user", gpu=tightest, gpus=gpus, gpu_memory_utilization=fraction,
-        kv_cache_memory_bytes=user_kv, max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
+        kv_cache_memory_bytes=user_kv if user_kv is not None else (kv_room if inside else None),
+        max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
     )
 
 
