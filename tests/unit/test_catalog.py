@@ -66,7 +66,7 @@ def test_the_parameter_books_exactly_the_planned_fraction_even_in_thousandths():
     # On a small card the plan rounds to 0.001 (0.01 would not fit); rounding it to 0.01 would book
     # less than the instance takes, or ask vLLM for more than is free.
     thousandths = 0
-    for mib in range(7392, 7904, 16):  # 7.2 to 7.7 GiB: the model and its layout model fit, with little to spare
+    for mib in range(7472, 7984, 16):  # 7.3 to 7.8 GiB: the model and its layout model fit, with little to spare
         card = mib * 1024**2
         fraction = catalog.planned_fraction(card)
         assert _fraction(catalog.backend_parameters(card)) == fraction
