@@ -101,7 +101,7 @@ class FixedLayout:
 
     labels: tuple[str, ...] = ()
 
-    def detect(self, image, options=None):
+    def detect(self, image, options=None, *, owner=None):
         from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox
 
         width, height = image.size

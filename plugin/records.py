@@ -71,7 +71,9 @@ class ServeRequest(BaseModel):
     vllm_flags: list[Flag] = Field(default_factory=list)
     # The runtime's own options (never passed to vLLM). None: the runtime's default.
     layout_model_dir: Path | None = None
-    layout_device: str = "cpu"
+    layout_engine: str = "auto"  # auto | torch | paddle
+    layout_device: str | None = None  # None: the instance's GPU for the torch engine when it has one, else cpu
+    layout_batch_size: int | None = None  # None: the engine's default for the device
     model_version: str | None = None
     concurrency: int | None = None
     gpu_total_bytes: int | None = None
@@ -212,6 +214,7 @@ class MemoryBreakdown(BaseModel):
     cuda_context: int
     nccl_buffers: int  # tensor parallelism only
     kv_cache: int
+    layout_model: int = 0  # the layout model on the same GPU (its process's CUDA context, weights, activations)
 
     @property
     def before_snapshot(self) -> int:
@@ -228,8 +231,8 @@ class MemoryBreakdown(BaseModel):
 
     @property
     def total(self) -> int:
-        """Everything the process holds."""
-        return self.without_kv + self.kv_cache
+        """Everything the instance holds on the GPU: vLLM's process, and the layout model when it runs there."""
+        return self.without_kv + self.kv_cache + self.layout_model
 
 
 class VramPlan(BaseModel):
@@ -275,6 +278,8 @@ class ProxySettings(BaseModel):
     layout_model_name: str | None
     layout_device: str
     concurrency: int
+    layout_engine: str | None = None  # torch | paddle, decided by the plan (None: no layout model)
+    layout_batch_size: int = 4
     data_dir: Path
     max_body_bytes: int
     max_pages: int

@@ -155,12 +155,27 @@ def start_serve(repo: Path, env: dict[str, str], log: Path, *extra: str, name: s
 
 @pytest.fixture(scope="session")
 def served(tiny_repo, cpu_env, tmp_path_factory):
-    """One real server (vLLM on CPU + paddlex layout) shared by the run's integration tests.
+    """One real server (vLLM on CPU + the torch layout engine on CPU) shared by the run's integration tests.
 
     Started with --trust-remote-code, as GPUStack users type it, on a repo with no remote code.
     """
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    server = start_serve(tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES), "--trust-remote-code")
+    server = start_serve(
+        tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES), "--trust-remote-code",
+        "--layout-engine", "torch", "--layout-device", "cpu", "--data-dir", str(tmp_path_factory.mktemp("data")),
+    )
+    try:
+        server.statuses = server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_paddle(tiny_repo, cpu_env, tmp_path_factory):
+    """The same server with paddlex as the layout engine (started only by the tests that ask for it)."""
+    log = tmp_path_factory.mktemp("serve-paddle") / "serve.log"
+    server = start_serve(tiny_repo, cpu_env, log, "--max-pages", str(SERVED_MAX_PAGES), "--layout-engine", "paddle")
     try:
         server.statuses = server.wait_ready()
         yield server

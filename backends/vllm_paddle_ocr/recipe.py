@@ -66,13 +66,30 @@ PLANNING_NEW_TOKENS = 1024
 
 # --------------------------------------------------------------------- layout detection (PaddleX)
 
-# PP-DocLayoutV2 class ids, in order (PP-DocLayoutV3 numbers its classes differently).
+# PP-DocLayoutV2 class ids, in order (PaddleX's label_list; PP-DocLayoutV3 has the same 25 in the same order).
 PP_DOCLAYOUT_V2_LABELS: tuple[str, ...] = (
     "abstract", "algorithm", "aside_text", "chart", "content", "display_formula", "doc_title",
     "figure_title", "footer", "footer_image", "footnote", "formula_number", "header",
     "header_image", "image", "inline_formula", "number", "paragraph_title", "reference",
     "reference_content", "seal", "table", "text", "vertical_text", "vision_footnote",
 )  # fmt: skip
+
+# Labels PaddleX leaves out of the reading order (their boxes get order None).
+UNORDERED_LABELS: frozenset[str] = frozenset({
+    "figure_title", "vision_footnote", "image", "chart", "table", "header", "header_image",
+    "footer", "footer_image", "footnote", "aside_text",
+})  # fmt: skip
+# PP-DocLayoutV2's reading-order inputs (the published config.json): the score a detection needs to
+# enter the reading-order model, per class, and the reading-order model's own class id for each class.
+PP_DOCLAYOUT_V2_CLASS_THRESHOLDS: tuple[float, ...] = (
+    0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,
+    0.5, 0.5, 0.4, 0.5, 0.4, 0.5, 0.5, 0.45, 0.5, 0.4, 0.4, 0.5,
+)  # fmt: skip
+PP_DOCLAYOUT_V2_CLASS_ORDER: tuple[int, ...] = (
+    4, 2, 14, 1, 5, 7, 8, 6, 11, 11, 9, 13, 10, 10, 1, 2, 3, 0, 2, 2, 12, 1, 2, 15, 6,
+)  # fmt: skip
+# The models' input: an 800 x 800 resize (bicubic, aspect not kept), pixels scaled to [0, 1].
+LAYOUT_INPUT_SIZE = (800, 800)
 
 # PaddleX's pipeline configuration for PaddleOCR-VL (PP-DocLayoutV2), used when a request sets nothing.
 _LOWER_THRESHOLD = {"display_formula": 0.4, "doc_title": 0.4, "inline_formula": 0.4,

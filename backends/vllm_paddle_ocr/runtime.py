@@ -22,7 +22,7 @@ from vllm_paddle_ocr.plugin.records import (
 )
 
 from .deploy.catalog import builtin_catalog_entries
-from .planning import compatibility, engine, hub, launch_plan, memory_needs, model_repo, vram
+from .planning import compatibility, engine, hub, launch_plan, layout_model, memory_needs, model_repo, nvml, vram
 
 
 class PaddleOcrRuntime:
@@ -51,9 +51,18 @@ class PaddleOcrRuntime:
         return compatibility.check_compatibility(model, engine)
 
     def plan_vram(self, request: ServeRequest, model: ModelRepo, engine: EngineInfo) -> VramPlan:
-        """The fraction, KV bytes and concurrency that fit the visible GPUs (or the planned card) and GPUStack's claim."""
+        """The fraction, KV bytes and concurrency that fit the visible GPUs (or the planned card) and GPUStack's
+        claim, layout model included."""
         needs = memory_needs.needs_for_request(request, model)
-        return vram.budget(needs, vram.options_from_request(request, engine, os.environ))
+        options = vram.options_from_request(request, engine, os.environ)
+        snapshot = nvml.read_snapshot() if options.gpu_total_bytes is None else None
+        gpu_present = options.gpu_total_bytes is not None or bool(snapshot is not None and snapshot.available)
+        layout = _layout_choice(request, model, gpu_present=gpu_present)
+        if layout is not None and layout.on_gpu:
+            parameters = memory_needs.layout_parameter_count(layout.spec.model_dir)
+            layout_bytes = memory_needs.layout_model_bytes(layout.spec.model_name, parameters, layout.batch_size)
+            options = options.model_copy(update={"layout_model_bytes": layout_bytes})
+        return vram.budget(needs, options, snapshot=snapshot)
 
     def build_launch_plan(
         self, request: ServeRequest, model: ModelRepo, engine: EngineInfo, vram: VramPlan | None
@@ -70,7 +79,20 @@ class PaddleOcrRuntime:
             chat_template=chat_template,
             upstream_port=request.upstream_port or free_port(),
             environ=os.environ,
+            layout=_layout_choice(request, model, gpu_present=vram is not None and vram.available),
         )
+
+
+def _layout_choice(request: ServeRequest, model: ModelRepo, *, gpu_present: bool) -> layout_model.LayoutChoice | None:
+    """The engine, device and batch size for the repo's layout model (None without one)."""
+    return layout_model.plan_layout(
+        model.layout_dir,
+        model.layout_model_name,
+        engine=request.layout_engine,
+        device=request.layout_device,
+        batch_size=request.layout_batch_size,
+        gpu_present=gpu_present,
+    )
 
 
 RUNTIME: Runtime = PaddleOcrRuntime()

@@ -1,4 +1,4 @@
-"""`/layout-parsing` end to end: real paddlex layout detection, real vLLM on CPU, PaddleX's own schema."""
+"""`/layout-parsing` end to end: real layout detection (the torch engine, then paddlex), real vLLM on CPU, PaddleX's own schema."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from tests.fixtures.documents import make_page_image, make_pdf, pixel_bomb_png, 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.blocks import Block, filter_overlaps
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["torch", "paddle"])
+def served(request, served):
+    """Every test here runs against the server with each layout engine (the shared one runs torch)."""
+    server = served if request.param == "torch" else request.getfixturevalue("served_paddle")
+    health = httpx.get(f"{server.url}/health", timeout=30).json()
+    assert (health["layoutEngine"], health["layoutDevice"], health["layoutDetector"]) == (request.param, "cpu", "ready")
+    return server
 
 
 @pytest.fixture(scope="module")

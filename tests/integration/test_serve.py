@@ -190,7 +190,14 @@ def test_taken_port_fails_fast_and_clearly(bare_repo, cpu_env, tmp_path):
     assert "vllm.entrypoints" not in out.stdout  # vLLM was never started
 
 
-def test_a_layout_model_that_cannot_load_ends_serve_with_one_line(bare_repo, cpu_env, tmp_path):
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ("auto", "is not a paddle inference program this reader understands"),  # the torch engine converts it
+        ("paddle", "paddlex could not load PP-DocLayoutV2 from {layout}"),
+    ],
+)
+def test_a_layout_model_that_cannot_load_ends_serve_with_one_line(bare_repo, cpu_env, tmp_path, engine, message):
     import subprocess
 
     from tests.conftest import CPU_VLLM_FLAGS, free_port
@@ -201,13 +208,14 @@ def test_a_layout_model_that_cannot_load_ends_serve_with_one_line(bare_repo, cpu
     (layout / "inference.json").write_text('{"not": "a program"}')
     (layout / "inference.pdiparams").write_bytes(os.urandom(4096))
     exe = str(Path(os.sys.executable).parent / "vllm_paddle_ocr")
-    argv = [exe, "serve", str(bare_repo), *CPU_VLLM_FLAGS, "--layout-model-dir", str(layout),
-            "--host", "127.0.0.1", "--port", str(free_port())]
+    argv = [exe, "serve", str(bare_repo), *CPU_VLLM_FLAGS, "--layout-model-dir", str(layout), "--layout-engine", engine,
+            "--data-dir", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(free_port())]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=cpu_env)
     assert out.returncode == 1, out.stderr[-3000:]
     ours = [line for line in (out.stdout + out.stderr).splitlines() if not line.startswith("[vllm]")]
     errors = [line for line in ours if "error:" in line]
     assert len(errors) == 1, ours[-20:]
-    assert errors[0].startswith("vllm_paddle_ocr serve: error: paddlex could not load PP-DocLayoutV2 from " + str(layout))
-    assert "--layout-model-dir" in errors[0]
+    assert errors[0].startswith("vllm_paddle_ocr serve: error:")
+    assert message.format(layout=layout) in errors[0]
+    assert "--layout-model-dir" in errors[0] or "--layout-engine paddle" in errors[0]
     assert not any("Traceback" in line for line in ours)

@@ -59,10 +59,13 @@ def test_parameters_carry_the_recipe_flags_and_leave_budget_and_trust_to_each_bo
 def test_the_claim_is_what_plan_prints_for_the_published_model_and_at_most_8_gib():
     entry = catalog.builtin_catalog_entries()[0]
     needs = catalog.published_needs()
-    assert entry.vram_claim_bytes == vram.gpustack_claim(needs, vram.VramOptions(concurrency=vram.DEFAULT_CONCURRENCY))
+    # The layout model runs on the instance's GPU by default (the torch engine): the claim holds it too.
+    layout = vram.VramOptions(layout_model_bytes=catalog.published_layout_bytes())
+    assert layout.layout_model_bytes > 0
+    assert entry.vram_claim_bytes == vram.gpustack_claim(needs, layout.model_copy(update={"concurrency": vram.DEFAULT_CONCURRENCY}))
     assert entry.vram_claim_bytes % MiB == 0 and entry.vram_claim_bytes <= 8 * GiB
     # It covers what the instance takes at that concurrency, margin included, and is a figure people read.
-    plan = vram.plan_vram(needs, None, vram.VramOptions(gpu_total_bytes=80 * GiB))
+    plan = vram.plan_vram(needs, None, layout.model_copy(update={"gpu_total_bytes": 80 * GiB}))
     assert plan.needed_bytes * (1 + vram.DEFAULT_MARGIN) <= entry.vram_claim_bytes < plan.needed_bytes * (1 + vram.DEFAULT_MARGIN) + MiB
     assert plan.gpustack_claim_bytes == entry.vram_claim_bytes
     assert format_bytes(entry.vram_claim_bytes) in entry.description
@@ -84,7 +87,7 @@ def test_the_parameter_books_exactly_the_planned_fraction_even_in_thousandths():
     # less than the instance takes, or ask vLLM for more than is free.
     entry = catalog.builtin_catalog_entries()[0]
     thousandths = 0
-    for mib in range(5632, 6144, 16):  # 5.5 to 6 GiB: the model fits, with little to spare
+    for mib in range(7472, 7984, 16):  # 7.3 to 7.8 GiB: the model and its layout model fit, with little to spare
         card = mib * 1024**2
         fraction = catalog.planned_fraction(card)
         planned = entry.model_copy(update={"gpu_memory_utilization": fraction, "planned_card_bytes": card})
@@ -127,10 +130,14 @@ def test_the_gpustack_guide_shows_the_parameters_and_the_claim_the_catalog_carri
     blocks = re.findall(r"backend_parameters: (.*?)(?:env: +GPUSTACK_MODEL_VRAM_CLAIM=(\d+)\s*)?```", guide, re.S)
     assert len(blocks) == 2, "docs/gpustack.md lost its 0.7 or 2.x deploy settings"
     (shown_07, no_claim), (shown_2x, claim) = blocks
-    for entry in catalog.builtin_catalog_entries():
-        assert shown_07.split() == catalog.share_parameters(entry) and not no_claim
-        assert shown_2x.split() == entry.backend_parameters
-        assert claim == str(entry.vram_claim_bytes)
-        # What the guide says a card takes is what GPUStack's byte booking places there.
-        assert f"an 80 GiB card takes {80 * GiB // entry.vram_claim_bytes}" in guide
-        assert f"a 24 GiB card {24 * GiB // entry.vram_claim_bytes}" in guide
+    first, *others = catalog.builtin_catalog_entries()
+    # The copyable settings are PaddleOCR-VL's; the guide names the other releases' budgets beside them.
+    assert shown_07.split() == catalog.share_parameters(first) and not no_claim
+    assert shown_2x.split() == first.backend_parameters
+    assert claim == str(first.vram_claim_bytes)
+    # What the guide says a card takes is what GPUStack's byte booking places there.
+    assert f"an 80 GiB card takes {80 * GiB // first.vram_claim_bytes}" in guide
+    assert f"a 24 GiB card {24 * GiB // first.vram_claim_bytes}" in guide
+    for entry in others:
+        assert entry.backend_parameters == first.backend_parameters
+        assert f"`{entry.vram_claim_bytes}`" in guide and f"`{entry.gpu_memory_utilization:.2f}`" in guide

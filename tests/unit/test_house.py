@@ -110,3 +110,14 @@ def test_every_exception_class_derives_from_the_one_root():
     assert len(defined) > 15
     strays = [f"{cls.__module__}.{cls.__qualname__}" for cls in defined if not issubclass(cls, VllmPaddleOcrError)]
     assert strays == []
+
+
+def test_planning_imports_no_proxy_module():
+    """Planning runs in `plan` on any machine: it decides from files and installed packages, never by loading the proxy."""
+    found = modules()
+    planning = "vllm_paddle_ocr.backends.vllm_paddle_ocr.planning"
+    proxy = "vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy"
+    for name, path in found.items():
+        if name.startswith(planning):
+            reached = {t for t in imports_of(name, path, set(found)) if t.startswith(proxy)}
+            assert not reached, f"{name} imports {sorted(reached)}"

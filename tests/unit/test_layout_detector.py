@@ -11,13 +11,13 @@ import pytest
 
 from pydantic import ValidationError
 
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox, LayoutModelError, layout_settings
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.model_dir import (
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.layout_model import (
     LayoutModelSpec,
     choose_engine,
     inspect_model_dir,
     model_name_for,
 )
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.base import LayoutBox, LayoutModelError, layout_settings
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.layout.paddle import (
     PaddlexLayoutDetector,
     box_from_paddlex,
@@ -101,7 +101,7 @@ def test_weights_without_inference_yml_are_refused(tmp_path):
 
 def test_model_name_comes_from_inference_yml(tmp_path):
     path = make_dir(tmp_path / "layout", "inference.json", "inference.pdiparams", model_name="PP-DocLayoutV3")
-    assert inspect_model_dir(path) == LayoutModelSpec(path, "PP-DocLayoutV3", "paddle_static")
+    assert inspect_model_dir(path) == LayoutModelSpec(path, "PP-DocLayoutV3", "paddle_static", "static", "inference.json")
 
 
 def test_model_name_falls_back_to_the_dir_name():

@@ -229,14 +229,19 @@ def test_dockerfile_runs_the_backend_run_command(files):
 
 def test_dockerfile_builds_on_vllm_and_copies_what_pip_install_needs(files):
     pairs = _dockerfile(files)
-    assert _one(pairs, "ARG").startswith("VLLM_IMAGE=vllm/vllm-openai:")
+    args = [argument for name, argument in pairs if name == "ARG"]
+    assert args[0].startswith("VLLM_IMAGE=vllm/vllm-openai:")
     assert _one(pairs, "FROM") == "${VLLM_IMAGE}"
     copied = {source for name, argument in pairs if name == "COPY" for source in argument.split()[:-1]}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     needed = {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["package-dir"].values()}
     assert needed <= copied
     run = _one(pairs, "RUN")
-    assert ".[gpu,layout]" in run and "vllm_paddle_ocr serve --help" in run
+    assert ".[gpu,${LAYOUT_EXTRAS}]" in run and "vllm_paddle_ocr serve --help" in run
+    # The torch layout engine serves from vLLM's own torch: no paddle in the image unless asked for.
+    assert args[1:] == ["LAYOUT_EXTRAS=layout-torch"]
+    optional = project["project"]["optional-dependencies"]
+    assert not any("paddle" in requirement for requirement in optional["layout-torch"] + optional["gpu"])
     env = _one(pairs, "ENV")
     assert 'PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK="True"' in env
 

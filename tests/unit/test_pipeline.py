@@ -273,7 +273,7 @@ def test_polygon_boxes_are_cropped_and_reported_as_lists():
     class PolygonDetector:
         labels = ()
 
-        def detect(self, image, options=None):
+        def detect(self, image, options=None, *, owner=None):
             triangle = ((100.0, 100.0), (500.0, 100.0), (100.0, 400.0))
             return [LayoutBox(22, "text", 0.8, (100, 100, 500, 400), 1, triangle)]
 
@@ -346,7 +346,7 @@ def test_a_hairline_block_is_padded_to_a_shape_vllm_accepts():
     class HairlineDetector:
         labels = ()
 
-        def detect(self, image, options=None):
+        def detect(self, image, options=None, *, owner=None):
             return [LayoutBox(22, "text", 0.8, (50, 100, 1350, 106), 1)]  # 1300 x 6: vLLM refuses 200:1
 
     page = open_document(png_bytes(Image.new("RGB", (1400, 300), "black")), "IMAGE", LIMITS)

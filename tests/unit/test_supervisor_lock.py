@@ -66,3 +66,31 @@ def test_no_gpu_means_no_lock(lock_dir, monkeypatch):
     monkeypatch.setattr(supervisor, "run", lambda plan, on_ready=None: asyncio.sleep(0, result=0))
     assert supervisor.serve(None, type("R", (), {"gpu_lock_timeout_s": 0.1})()) == 0
     assert list(lock_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("device", "overlap"), [("cuda", False), ("cpu", True)])
+def test_a_layout_model_on_the_gpu_loads_after_vllm_is_ready(monkeypatch, device, overlap):
+    """vLLM measures free memory while it starts: a layout model loading on its GPU meanwhile would be counted as vLLM's."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    events = []
+    started = threading.Event()
+
+    async def wait_ready(self):
+        events.append("vllm starting")
+        await asyncio.to_thread(started.wait, 0.5)  # on the CPU the layout model starts meanwhile
+        events.append("vllm ready")
+
+    def load(plan):
+        started.set()
+        events.append("layout loading")
+        time.sleep(0.05)
+        return "detector"
+
+    monkeypatch.setattr(supervisor.Supervisor, "wait_ready", wait_ready)
+    monkeypatch.setattr(supervisor, "_load_detector", load)
+    plan = SimpleNamespace(proxy=SimpleNamespace(layout_dir="/layout", layout_device=device))
+    assert asyncio.run(supervisor.Supervisor(plan).start_up()) == "detector"
+    assert (events.index("layout loading") < events.index("vllm ready")) is overlap

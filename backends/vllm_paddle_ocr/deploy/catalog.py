@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 from datetime import date
+from typing import Any
 
 from vllm_paddle_ocr.plugin.records import CatalogEntry, ModelSources
 
-from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, memory_needs
+from ..planning.layout_model import GPU_BATCH_SIZE
+from ..planning.memory_needs import Checkpoint, ModelMemoryNeeds, layout_model_bytes, memory_needs
 from ..planning.vram import DEFAULT_CONCURRENCY, VRAM_CLAIM_ENV, VramOptions, gpustack_claim, gpustack_parameter, plan_vram
-from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
+from ..recipe import ARCHITECTURE, DEFAULT_LAYOUT_MODEL, RECOMMENDED_FLAGS
 from ..sizes import GiB, format_bytes
 
 # The card the fraction is planned for: a 24 GiB card (L4, A10, RTX 4090/3090) is the smallest common
@@ -113,16 +115,27 @@ def published_needs() -> ModelMemoryNeeds:
     return memory_needs(PUBLISHED_CONFIG, PUBLISHED_PREPROCESSOR_CONFIG, checkpoint)
 
 
-@functools.lru_cache(maxsize=None)
-def planned_claim() -> int:
-    """The bytes one instance of the published model takes on its GPU at the default concurrency, on any card."""
-    return gpustack_claim(published_needs(), VramOptions())
+# Parameters of the published layout models (PP-DocLayoutV2 with PaddleOCR-VL, V3 with 1.5 and 1.6).
+PUBLISHED_LAYOUT_PARAMETERS = {"PP-DocLayoutV2": 53_556_083, "PP-DocLayoutV3": 33_175_165}
+
+
+def published_layout_bytes(version: str = "0.9B") -> int:
+    """A release's layout model on the GPU at its default batch (where the torch engine runs it by default)."""
+    name = DEFAULT_LAYOUT_MODEL[version]
+    return layout_model_bytes(name, PUBLISHED_LAYOUT_PARAMETERS[name], GPU_BATCH_SIZE[name])
 
 
 @functools.lru_cache(maxsize=None)
-def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES) -> float:
-    """The --gpu-memory-utilization the runtime plans for the published model on a card of this size."""
-    plan = plan_vram(published_needs(), None, VramOptions(gpu_total_bytes=card_bytes))
+def planned_claim(version: str = "0.9B") -> int:
+    """The bytes one instance of a release, layout model included, takes on its GPU at the default concurrency, on any card."""
+    return gpustack_claim(published_needs(), VramOptions(layout_model_bytes=published_layout_bytes(version)))
+
+
+@functools.lru_cache(maxsize=None)
+def planned_fraction(card_bytes: int = PLANNED_CARD_BYTES, version: str = "0.9B") -> float:
+    """The --gpu-memory-utilization the runtime plans for a release, layout model included, on a card of this size."""
+    options = VramOptions(gpu_total_bytes=card_bytes, layout_model_bytes=published_layout_bytes(version))
+    plan = plan_vram(published_needs(), None, options)
     if plan.gpu_memory_utilization is None:
         raise ValueError(f"the VRAM budget planned no fraction for a {card_size(card_bytes)} card: {plan.reason}")
     return plan.gpu_memory_utilization
@@ -145,8 +158,17 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
     No --trust-remote-code in the parameters: the runtime adds it exactly where the downloaded repo
     carries remote code (the published repos do) and leaves it out where it would break the start.
     """
-    claim = planned_claim()
-    budget = dict(budget=format_bytes(claim), concurrency=DEFAULT_CONCURRENCY)
+
+    def budget(version: str) -> dict[str, Any]:
+        return dict(
+            vram_claim_bytes=planned_claim(version),
+            gpu_memory_utilization=planned_fraction(PLANNED_CARD_BYTES, version),
+            planned_card_bytes=PLANNED_CARD_BYTES,
+        )
+
+    def description(name: str, version: str) -> str:
+        return _DESCRIPTION.format(name=name, budget=format_bytes(planned_claim(version)), concurrency=DEFAULT_CONCURRENCY)
+
     common = dict(
         home="https://www.paddleocr.ai",
         icon="/static/catalog_icons/baidu.jpeg",
@@ -157,17 +179,15 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
         quantization="BF16",
         backend_parameters=recommended_parameters(),
         env=dict(DEFAULT_ENV),
-        vram_claim_bytes=claim,
-        gpu_memory_utilization=planned_fraction(PLANNED_CARD_BYTES),
-        planned_card_bytes=PLANNED_CARD_BYTES,
         runtime=RUNTIME_NAME,
     )
     return [
         CatalogEntry(
             name="PaddleOCR-VL",
-            description=_DESCRIPTION.format(name="PaddleOCR-VL-0.9B (document parsing in 109 languages)", **budget),
+            description=description("PaddleOCR-VL-0.9B (document parsing in 109 languages)", "0.9B"),
             release_date=date(2025, 10, 16),
             model_version="0.9B",
+            **budget("0.9B"),
             sources=ModelSources(
                 huggingface_repo_id="PaddlePaddle/PaddleOCR-VL", model_scope_model_id="PaddlePaddle/PaddleOCR-VL"
             ),
@@ -175,9 +195,10 @@ def builtin_catalog_entries() -> list[CatalogEntry]:
         ),
         CatalogEntry(
             name="PaddleOCR-VL-1.5",
-            description=_DESCRIPTION.format(name="PaddleOCR-VL-1.5 (with PP-DocLayoutV3 layout)", **budget),
+            description=description("PaddleOCR-VL-1.5 (with PP-DocLayoutV3 layout)", "1.5"),
             release_date=date(2026, 1, 29),
             model_version="1.5",
+            **budget("1.5"),
             sources=ModelSources(
                 huggingface_repo_id="PaddlePaddle/PaddleOCR-VL-1.5", model_scope_model_id="PaddlePaddle/PaddleOCR-VL-1.5"
             ),

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from vllm_paddle_ocr.plugin.records import EngineInfo, LaunchPlan, ModelRepo, ProxySettings, ServeRequest, VramPlan
 
 from ..recipe import ARCHITECTURE, RECOMMENDED_FLAGS
+from .layout_model import LayoutChoice, describe_choice
 from .memory_needs import served_context_length
 from .vram import DEFAULT_CONCURRENCY, fraction_text
 
@@ -41,6 +42,9 @@ def memory_flags(vram: VramPlan | None) -> list[tuple[str, tuple[str, ...]]]:
         flags.append(("--gpu-memory-utilization", (fraction_text(vram.gpu_memory_utilization),)))
         if vram.kv_cache_memory_bytes is not None:
             flags.append(("--kv-cache-memory-bytes", (str(vram.kv_cache_memory_bytes),)))
+    elif vram.source == "user" and vram.breakdown.layout_model and vram.kv_cache_memory_bytes is not None:
+        # The user's fraction holds the layout model too: vLLM must not fill it.
+        flags.append(("--kv-cache-memory-bytes", (str(vram.kv_cache_memory_bytes),)))
     if vram.max_num_seqs is not None:
         # The profiling estimate (sampler logits, CUDA graph sizes) assumes this many sequences.
         flags.append(("--max-num-seqs", (str(vram.max_num_seqs),)))
@@ -99,8 +103,12 @@ def build_launch_plan(
     chat_template: Path,
     upstream_port: int,
     environ: Mapping[str, str],
+    layout: LayoutChoice | None = None,
 ) -> LaunchPlan:
-    """Compose vLLM's argv: the user's flags verbatim, ours only where the user set nothing."""
+    """Compose vLLM's argv: the user's flags verbatim, ours only where the user set nothing.
+
+    ``layout`` is how the proxy runs the layout model (engine, device, batch), decided with the budget.
+    """
     notes: list[str] = []
     broken = flags_known_to_break(model, engine)
     user_flags = []
@@ -159,8 +167,10 @@ def build_launch_plan(
         model_aliases=names,
         model_version=model.version,
         layout_dir=model.layout_dir,
-        layout_model_name=model.layout_model_name,
-        layout_device=request.layout_device,
+        layout_model_name=layout.spec.model_name if layout is not None else model.layout_model_name,
+        layout_device=layout.device if layout is not None else (request.layout_device or "cpu"),
+        layout_engine=layout.engine if layout is not None else None,
+        layout_batch_size=layout.batch_size if layout is not None else 1,
         concurrency=concurrency,
         data_dir=data_dir(request, environ),
         max_body_bytes=request.max_body_bytes,
@@ -179,6 +189,8 @@ def build_launch_plan(
         max_active_pages=request.max_active_pages,
         max_held_bytes=request.max_held_bytes,
     )
+    if layout is not None:
+        notes.append(f"layout model: {describe_choice(layout)}")
     if model.layout_dir is None:
         notes.append(
             "no layout model found: /layout-parsing works only with useLayoutDetection=false; "

@@ -437,6 +437,43 @@ def memory_needs(
     )
 
 
+# --- the layout model on the GPU -----------------------------------------------------------------------
+
+# The torch layout engine runs in the proxy's process, so on a GPU it holds a CUDA context of its own
+# (the same size as vLLM's, above), its weights in half precision and one forward pass's activations
+# per page of its batch. Activations measured with the published shapes (random weights, one page of
+# 850x1100 resized to 800x800; bench/layout_engines.py prints them): the resident-memory peak of a
+# float32 forward pass on CPU above the loaded model, at batch 1 and 4, split into a part per pass and
+# a part per page, halved for float16 and given the allocator slack above. PP-DocLayoutV3 computes a
+# 200x200 mask per query in each decoder layer, which is most of its per-page share.
+LAYOUT_ACTIVATION_MIB: dict[str, tuple[int, int]] = {  # model: (per pass, per page), float32; the larger of two runs
+    "PP-DocLayoutV2": (215, 180),
+    "PP-DocLayoutV3": (322, 775),
+}
+LAYOUT_DTYPE_BYTES = 2
+# paddle's .pdiparams holds float32 tensors (with a few bytes of header each).
+PDIPARAMS_BYTES_PER_PARAMETER = 4
+
+
+def layout_parameter_count(layout_dir: Path) -> int:
+    """The layout model's parameters: from its safetensors headers, else from the size of paddle's params file."""
+    directory = Path(layout_dir)
+    if (directory / "model.safetensors").is_file():
+        return read_checkpoint(directory).parameters
+    params = directory / "inference.pdiparams"
+    try:
+        return params.stat().st_size // PDIPARAMS_BYTES_PER_PARAMETER
+    except OSError as exc:
+        raise MemoryNeedsError(f"cannot size the layout model in {directory}: no model.safetensors and {exc}") from exc
+
+
+def layout_model_bytes(model_name: str, parameters: int, batch_size: int) -> int:
+    """GPU bytes the layout model's process holds: CUDA context, float16 weights and a batch's activations."""
+    per_pass, per_page = LAYOUT_ACTIVATION_MIB.get(model_name, max(LAYOUT_ACTIVATION_MIB.values()))
+    activations = (per_pass + per_page * max(1, batch_size)) * MiB * LAYOUT_DTYPE_BYTES // 4
+    return CUDA_CONTEXT_BYTES + parameters * LAYOUT_DTYPE_BYTES + math.ceil(activations * ALLOCATOR_SLACK)
+
+
 # --- the user's engine flags --------------------------------------------------------------------------
 
 

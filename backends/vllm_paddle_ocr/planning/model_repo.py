@@ -18,6 +18,7 @@ from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 from vllm_paddle_ocr.plugin.records import ModelRepo
 
 from ..recipe import ARCHITECTURE, CANONICAL_NAMES, CHAT_TEMPLATES, DEFAULT_LAYOUT_MODEL, EARLY_SUBDIR, LAYOUT_MODELS, VERSIONS
+from .layout_model import MODEL_TYPES, is_layout_model_dir, read_hf_config
 
 
 class ModelRepoError(VllmPaddleOcrError):
@@ -188,9 +189,10 @@ def _find_layout(
     """The layout model: the flag when given, else PP-DocLayoutV2/V3 beside or inside the VLM."""
     if explicit is not None:
         layout = Path(explicit).expanduser().resolve()
-        if not (layout / "inference.yml").is_file():
+        if not is_layout_model_dir(layout):
             raise ModelRepoError(
-                f"--layout-model-dir {explicit} has no inference.yml; point it at a PP-DocLayoutV2/V3 directory"
+                f"--layout-model-dir {explicit} has no inference.yml (nor a transformers config.json of "
+                "PP-DocLayoutV2/V3); point it at a PP-DocLayoutV2/V3 directory"
             )
         return layout, _layout_name(layout, version)
     preferred = DEFAULT_LAYOUT_MODEL[version]
@@ -198,8 +200,9 @@ def _find_layout(
     for base in dict.fromkeys([vlm_dir, vlm_dir.parent if vlm_dir != root else vlm_dir, root]):
         for name in names:
             candidate = base / name
-            if (candidate / "inference.yml").is_file():
-                _ensure_inside(candidate / "inference.yml", root, f"layout model {name}")
+            if candidate.is_dir() and is_layout_model_dir(candidate):
+                marker = "inference.yml" if (candidate / "inference.yml").is_file() else "config.json"
+                _ensure_inside(candidate / marker, root, f"layout model {name}")
                 return candidate, name
     return None, None
 
@@ -208,4 +211,7 @@ def _layout_name(layout: Path, version: str) -> str:
     name = (_read_yaml(layout / "inference.yml").get("Global") or {}).get("model_name")
     if name:
         return str(name)
+    typed = MODEL_TYPES.get(str((read_hf_config(layout) or {}).get("model_type")))
+    if typed:
+        return typed
     return layout.name if layout.name in LAYOUT_MODELS else DEFAULT_LAYOUT_MODEL[version]

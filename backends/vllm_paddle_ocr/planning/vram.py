@@ -99,6 +99,7 @@ class VramOptions(BaseModel):
     # Bytes a control plane booked for the instance (GPUSTACK_MODEL_VRAM_CLAIM), split evenly over its
     # GPUs as GPUStack books it: the plan fits vLLM inside it on whatever card it lands on.
     vram_claim_bytes: int | None = Field(default=None, gt=0)
+    layout_model_bytes: int = Field(default=0, ge=0)  # the layout model on the same GPU (memory_needs.layout_model_bytes)
 
 
 def describe_gpu(gpu: PlannedGpu) -> str:
@@ -125,6 +126,7 @@ def describe_breakdown(parts: MemoryBreakdown) -> str:
         ("CUDA context", parts.cuda_context),
         *([("NCCL", parts.nccl_buffers)] if parts.nccl_buffers else []),
         ("KV cache", parts.kv_cache),
+        *([("layout model", parts.layout_model)] if parts.layout_model else []),
     ]
     return ", ".join(f"{name} {format_bytes(value)}" for name, value in named)
 
@@ -216,12 +218,19 @@ def _breakdown(needs: ModelMemoryNeeds, options: VramOptions, concurrency: int, 
         cuda_context=CUDA_CONTEXT_BYTES,
         nccl_buffers=NCCL_BYTES if tp > 1 else 0,
         kv_cache=kv_bytes,
+        layout_model=options.layout_model_bytes,
     )
 
 
 def _inside_fraction(parts: MemoryBreakdown, options: VramOptions) -> int:
-    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, else what vLLM profiles."""
-    return parts.total if options.kv_cache_flag_supported else parts.total - parts.before_snapshot
+    """Bytes the fraction must cover: all of it with --kv-cache-memory-bytes, else what vLLM profiles.
+
+    With a fixed KV cache vLLM holds only its parts, so the fraction (what a control plane books) covers
+    the layout model too; without one vLLM fills the fraction, and the layout model sits beside it.
+    """
+    if options.kv_cache_flag_supported:
+        return parts.total
+    return parts.total - parts.before_snapshot - parts.layout_model
 
 
 def claim_needed(parts: MemoryBreakdown, options: VramOptions) -> int:
@@ -248,9 +257,8 @@ def _claim_per_gpu(options: VramOptions) -> int | None:
     return options.vram_claim_bytes // options.tensor_parallel_size
 
 
-def _claim_fraction(parts: MemoryBreakdown, gpus: list[PlannedGpu], claim: int) -> float:
-    """The fraction of every GPU that keeps vLLM's request, plus what it holds before its check, inside the claim."""
-    room = claim - parts.before_snapshot
+def _claim_fraction(room: int, gpus: list[PlannedGpu]) -> float:
+    """The largest fraction of every GPU whose request (vLLM's ceil(total x fraction)) stays inside `room` bytes."""
     scale = 10**CLAIM_FRACTION_DIGITS
     fractions = []
     for gpu in gpus:
@@ -276,17 +284,20 @@ def _shortfall(fraction: float, gpus: list[PlannedGpu], before_snapshot: int) ->
 def _choose_fraction(parts: MemoryBreakdown, options: VramOptions, gpus: list[PlannedGpu]) -> tuple[float, PlannedGpu, int]:
     """(fraction, tightest GPU, shortfall): the coarsest rounding that passes vLLM's check, else the coarsest.
 
-    Inside a booked claim the fraction is the claim's share of the card instead.
+    Inside a booked claim the fraction is the claim's share of the card instead, less what sits beside
+    vLLM's request: its CUDA context (and NCCL buffers), and the layout model when vLLM fills its fraction.
+    With a fixed KV cache the layout model loads after vLLM's check, into the claim vLLM did not take.
     """
+    beside = parts.before_snapshot + (0 if options.kv_cache_flag_supported else parts.layout_model)
     claim = _claim_per_gpu(options)
     if claim is not None:
-        fraction = _claim_fraction(parts, gpus, claim)
-        return (fraction, *_shortfall(fraction, gpus, parts.before_snapshot))
+        fraction = _claim_fraction(claim - beside, gpus)
+        return (fraction, *_shortfall(fraction, gpus, beside))
     inside = _inside_fraction(parts, options)
     tried = []
     for step in FRACTION_STEPS:
         fraction = _fraction_for(inside, gpus, options.margin, step)
-        tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
+        tightest, miss = _shortfall(fraction, gpus, beside)
         if fraction <= 1.0 and miss <= 0:
             return fraction, tightest, miss
         tried.append((fraction, tightest, miss))
@@ -496,7 +507,7 @@ def _plan_own_fraction(
         kv_flag = parts.kv_cache
         claim = _requested(fraction, tightest)
     else:
-        claim = _requested(fraction, tightest) + parts.before_snapshot
+        claim = _requested(fraction, tightest) + parts.before_snapshot + parts.layout_model
         if booked is None:
             notes.append(
                 "this vLLM has no --kv-cache-memory-bytes: it sizes the KV cache from the fraction, and what it "
@@ -535,23 +546,30 @@ def _plan_user_fraction(
     overhead = probe.without_kv - probe.before_snapshot  # what vLLM takes out of its budget before the KV cache
     smallest = min(gpus, key=lambda gpu: gpu.cuda_total_bytes)
     given = _requested(fraction, smallest)
-    required = overhead + (0 if user_kv is not None else min_kv)
+    # With the layout model on the GPU the fraction is what the instance books (a catalog's, say): vLLM
+    # gets a fixed KV cache that leaves the layout model its share of it, where vLLM takes a fixed size.
+    layout = options.layout_model_bytes
+    inside = layout if layout and user_kv is None and options.kv_cache_flag_supported else 0
+    required = overhead + inside + (0 if user_kv is not None else min_kv)
     if given < required:
         least = _ceil_step(required / smallest.cuda_total_bytes)
         raise VramError(
             f"--gpu-memory-utilization {fraction:g} gives vLLM {format_bytes(given)} of {describe_gpu(smallest)}, "
             f"but the weights, profiling peak and CUDA graphs take {format_bytes(overhead)}"
+            + (f", the layout model {format_bytes(inside)}" if inside else "")
             + ("" if user_kv is not None else f" and one {needs.max_model_len}-token request needs {format_bytes(min_kv)} of KV cache")
             + f"; use at least {least:.2f}, or leave the flag out and let vllm_paddle_ocr size it",
             gpu=smallest,
             needed_bytes=required,
         )
-    kv_room = user_kv if user_kv is not None else given - overhead
+    kv_room = user_kv if user_kv is not None else given - overhead - inside
     per_request = needs.kv_bytes_per_request(tp)
     implied = max(1, kv_room // per_request) if per_request else requested
     concurrency = min(requested, implied)
     parts = _breakdown(needs, options, concurrency, kv_room)
-    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot)
+    # A layout model the fraction does not hold needs room beside it.
+    beside = parts.layout_model - inside
+    tightest, miss = _shortfall(fraction, gpus, parts.before_snapshot + beside)
     if miss > 0:
         raise _refusal(
             tightest, fraction, f"the user's --gpu-memory-utilization {fraction:g}", parts,
@@ -561,7 +579,7 @@ def _plan_user_fraction(
         notes.append(f"the user's --gpu-memory-utilization {fraction:g} leaves KV cache for about {implied} in-flight blocks, fewer than {requested}")
     # vLLM fills the fraction and its context comes on top; a fixed KV cache holds only what the parts add up to.
     booked = _requested(fraction, tightest)
-    claim = booked + parts.before_snapshot if user_kv is None else max(booked, parts.total)
+    claim = booked + parts.before_snapshot + beside if user_kv is None else max(booked, parts.total)
     notes.append(f"kept the user's --gpu-memory-utilization {fraction:g}")
     per_gpu = _claim_per_gpu(options)
     if per_gpu is not None:
@@ -571,10 +589,16 @@ def _plan_user_fraction(
             f"GPUStack 2.3 books the larger of {VRAM_CLAIM_ENV} ({format_bytes(per_gpu)} per GPU) and the "
             f"user's fraction of the card: {format_bytes(claim)} here"
         )
+    if inside:
+        notes.append(
+            f"the layout model ({format_bytes(inside)}) runs inside that share: vLLM gets --kv-cache-memory-bytes "
+            f"{kv_room} instead of filling it"
+        )
     return _plan(
         needs, options, parts, concurrency=concurrency, requested=requested, notes=notes,
         available=True, source="user", gpu=tightest, gpus=gpus, gpu_memory_utilization=fraction,
-        kv_cache_memory_bytes=user_kv, max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
+        kv_cache_memory_bytes=user_kv if user_kv is not None else (kv_room if inside else None),
+        max_num_seqs=options.max_num_seqs or concurrency, claim_bytes=claim,
     )
 
 

@@ -8,7 +8,7 @@ functions of a page and the request's options, run in worker threads by the pipe
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -102,9 +102,16 @@ def task_image(page: Image.Image, block: Block, task: Task, *, use_polygon: bool
 
 
 def prepare_page(
-    document: Document, index: int, options: RequestOptions, detector: Optional[LayoutDetector]
+    document: Document,
+    index: int,
+    options: RequestOptions,
+    detector: Optional[LayoutDetector],
+    owner: Hashable = None,
 ) -> PreparedPage:
-    """Render, detect and plan one page and encode its task pictures (runs in a worker thread)."""
+    """Render, detect and plan one page and encode its task pictures (runs in a worker thread).
+
+    ``owner`` is the request the page belongs to: a batching detector takes pages from requests in turn.
+    """
     page = render_page(document, index)
     size = page.size
     settings = options.page
@@ -112,7 +119,7 @@ def prepare_page(
         if detector is None:
             raise ProxyError("layout detection was asked for but this server has no layout model", status_code=503)
         try:
-            boxes = detector.detect(page, options.layout)
+            boxes = detector.detect(page, options.layout, owner=owner)
         except Exception as exc:  # noqa: BLE001 - the model's failure, reported with the page
             log.exception("layout detection failed on page %d", index + 1)
             raise DetectionError(f"Page {index + 1}: layout detection failed ({type(exc).__name__}: {exc})") from exc

@@ -115,7 +115,7 @@ class LayoutPipeline:
         visualize: bool,
     ) -> PageOutput:
         async with self._rendered_pages:  # a rendered page holds memory until it is assembled
-            prepared = await asyncio.to_thread(prepare_page, document, index, options, detector)
+            prepared = await asyncio.to_thread(prepare_page, document, index, options, detector, owner)
             if self.metrics is not None:
                 for planned in prepared.plan.blocks:
                     self.metrics.blocks.labels(label=planned.block.label).inc()

@@ -99,7 +99,9 @@ class OwnOption:
 OWN_OPTIONS: tuple[OwnOption, ...] = (
     OwnOption("--runtime", "runtime", str, "Runtime registered with the plugin manager (default vllm_paddle_ocr).", metavar="NAME"),
     OwnOption("--layout-model-dir", "layout_model_dir", Path, "Layout model directory (PP-DocLayoutV2/V3) when it is not inside the model repo.", metavar="DIR"),
-    OwnOption("--layout-device", "layout_device", str, "Device for layout detection: cpu (default) or gpu[:N].", metavar="DEVICE"),
+    OwnOption("--layout-engine", "layout_engine", str, "Layout engine: torch (transformers, in vLLM's torch), paddle (paddlex) or auto (default: torch when it can load the model, else paddle).", metavar="ENGINE"),
+    OwnOption("--layout-device", "layout_device", str, "Device for layout detection: cpu, cuda or cuda:N (default: the instance's GPU for the torch engine, else cpu).", metavar="DEVICE"),
+    OwnOption("--layout-batch-size", "layout_batch_size", _positive_int, "Pages detected together in one pass, across requests (default 8 on a GPU, 2 for PP-DocLayoutV3 there, 4 on CPU).", metavar="N"),
     OwnOption("--model-version", "model_version", str, "Model version when it cannot be read from the repo: 0.9B, 1.5 or 1.6.", metavar="VERSION"),
     OwnOption("--concurrency", "concurrency", _positive_int, "Target in-flight block requests; sizes the KV cache and the proxy's bound.", metavar="N"),
     OwnOption("--gpu-total", "gpu_total_bytes", parse_size, "Plan for a card of this size (e.g. 80GiB) instead of reading NVML.", metavar="SIZE"),

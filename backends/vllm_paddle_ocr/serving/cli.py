@@ -15,7 +15,7 @@ from vllm_paddle_ocr.plugin.records import LaunchPlan
 from ..client import parse as parse_client
 from ..deploy import gpustack_install, manifests
 from ..deploy.gpustack_install import DEFAULT_DATA_DIR
-from ..planning.vram import VRAM_CLAIM_ENV, gpustack_claim_of, gpustack_lines, summary
+from ..planning.vram import VRAM_CLAIM_ENV, describe_breakdown, gpustack_claim_of, gpustack_lines, summary
 from .argv import OWN_OPTIONS, parse_serve_argv
 
 DESCRIPTION = "PaddleOCR-VL on vLLM: a budgeted GPU share, the OpenAI API and PaddleX's /layout-parsing."
@@ -168,6 +168,9 @@ def _run(argv: list[str]) -> int:
         claim_only = command == "plan" and "--gpustack-claim" in rest
         rest = [token for token in rest if not (command == "plan" and token in PLAN_SWITCHES)]
         request = parse_serve_argv(rest)
+        if claim_only and request.layout_device is None:
+            # The bytes to book on a GPU host, where the layout model runs on the instance's GPU by default.
+            request = request.model_copy(update={"layout_device": "cuda"})
         pm = get_plugin_manager()
         if command == "plan":
             plan = plan_launch(pm, request)
@@ -196,7 +199,7 @@ def describe_plan(plan: LaunchPlan) -> str:
     lines = [
         f"runtime:      {plan.runtime}",
         f"model:        {plan.model.vlm_dir} (PaddleOCR-VL {plan.model.version}, {plan.model.kind})",
-        f"layout model: {plan.model.layout_dir or 'none'}",
+        f"layout model: {_layout_line(plan)}",
         f"engine:       {plan.engine.distribution or 'vLLM not installed'} {plan.engine.version or ''}".rstrip(),
         f"proxy:        http://{plan.proxy.host}:{plan.proxy.port} -> {plan.proxy.upstream_url}",
         f"served names: {', '.join(plan.proxy.model_aliases)}",
@@ -205,6 +208,7 @@ def describe_plan(plan: LaunchPlan) -> str:
         lines.append(f"VRAM:         {vram.reason if vram is not None else 'no budget planned'}")
     else:
         lines.append(f"VRAM:         {summary(vram)}")
+        lines.append(f"VRAM parts:   {describe_breakdown(vram.breakdown)}")
     if vram is not None:
         lines += gpustack_lines(vram)
     lines.append("vLLM argv:    " + " ".join(plan.vllm_argv))
@@ -212,6 +216,19 @@ def describe_plan(plan: LaunchPlan) -> str:
     if vram is not None:
         lines += [f"note:         {note}" for note in vram.notes]
     return "\n".join(lines) + "\n"
+
+
+def _layout_line(plan: LaunchPlan) -> str:
+    """The layout model, and how the proxy runs it."""
+    proxy = plan.proxy
+    if proxy.layout_dir is None:
+        return "none"
+    if proxy.layout_engine is None:
+        return str(proxy.layout_dir)
+    return (
+        f"{proxy.layout_dir} ({proxy.layout_model_name}, {proxy.layout_engine} engine on {proxy.layout_device}, "
+        f"batches of {proxy.layout_batch_size})"
+    )
 
 
 if __name__ == "__main__":

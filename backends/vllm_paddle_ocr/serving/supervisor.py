@@ -195,7 +195,15 @@ class Supervisor:
         )
 
     async def start_up(self) -> Any:
-        """vLLM's warm-up and the layout model's load, side by side; the first failure ends both."""
+        """vLLM's warm-up and the layout model's load, side by side; the first failure ends both.
+
+        A layout model on the GPU loads after vLLM answers instead: vLLM checks the free memory when it
+        starts and again after profiling, and would count a neighbour loading meanwhile as its own use.
+        The per-GPU start lock is held until both are done.
+        """
+        if self.plan.proxy.layout_dir is not None and self.plan.proxy.layout_device.startswith("cuda"):
+            await self.wait_ready()
+            return await asyncio.to_thread(_load_detector, self.plan)
         _, detector = await asyncio.gather(self.wait_ready(), asyncio.to_thread(_load_detector, self.plan))
         return detector
 
@@ -233,14 +241,10 @@ class Supervisor:
 
 
 def _load_detector(plan: LaunchPlan) -> Any:
-    """The layout detector for /layout-parsing, or None when the repo has no layout model."""
-    if plan.proxy.layout_dir is None:
-        return None
-    from ..proxy.layout.paddle import PaddlexLayoutDetector
+    """The layout detector for /layout-parsing (the planned engine and device), or None when the repo has no layout model."""
+    from ..proxy.layout.loading import load_detector
 
-    return PaddlexLayoutDetector.from_dir(
-        plan.proxy.layout_dir, device=plan.proxy.layout_device, model_name=plan.proxy.layout_model_name
-    )
+    return load_detector(plan.proxy)
 
 
 async def run(plan: LaunchPlan, *, on_ready: Callable[[], None] | None = None) -> int:
@@ -318,6 +322,10 @@ async def _shutdown(sup: Supervisor, server: Any, serving: asyncio.Task) -> None
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(serving, timeout=2.0)
     await asyncio.to_thread(sup.stop_vllm)
+    close = getattr(sup.state.detector if sup.state is not None else None, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(close)
 
 
 def serve(pm: pluggy.PluginManager, request: ServeRequest) -> int:

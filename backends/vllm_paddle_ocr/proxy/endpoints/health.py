@@ -57,6 +57,8 @@ class Health:
             proxy="ok",
             upstream=upstream,
             layoutDetector=self._detector_status(),
+            layoutEngine=None if self.settings.layout_dir is None else self.settings.layout_engine,
+            layoutDevice=None if self.settings.layout_dir is None else self.settings.layout_device,
             inFlight=self.state.in_flight,
             vlmQueueDepth=self.vlm.slots.waiting,
         )

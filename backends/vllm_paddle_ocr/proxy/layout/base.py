@@ -7,11 +7,11 @@ is a step of the block planning that follows, as in PaddleX's pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 
-from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
-
+from ...planning.layout_model import LayoutModelError
 from ...recipe import (
     DEFAULT_LAYOUT_NMS,
     DEFAULT_UNCLIP_RATIO,
@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 ImageInput = Union["Image.Image", "np.ndarray"]
 PerClass = Union[Any, dict[int, Any]]
 
-
-class LayoutModelError(VllmPaddleOcrError):
-    """A layout model directory no engine can load; the message says what to add or change."""
+__all__ = ["ImageInput", "LayoutBox", "LayoutDetector", "LayoutModelError", "LayoutSettings", "layout_settings"]
 
 
 @dataclass(frozen=True)
@@ -69,18 +67,46 @@ def whole_page_box(label: str, width: int, height: int) -> LayoutBox:
     return LayoutBox(cls_id=0, label=label, score=1.0, coordinate=(0, 0, width, height))
 
 
+def rgb_array(image: ImageInput) -> "np.ndarray":
+    """The HxWx3 RGB uint8 array of a page: an RGB PIL image or array (gray and RGBA too)."""
+    import numpy as np
+
+    if hasattr(image, "convert") and hasattr(image, "mode"):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"a page image must be HxWx3 RGB (or gray, or RGBA); got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"a page image array must be uint8; got {array.dtype}")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
 class LayoutDetector(Protocol):
     """Finds the layout boxes of a page, in reading order.
 
     Implementations may block (a model runs on CPU or GPU): call ``detect`` off the event loop,
-    e.g. ``await asyncio.to_thread(detector.detect, page, options)``; concurrent calls are allowed
-    and may be serialised by the implementation.
+    e.g. ``await asyncio.to_thread(detector.detect, page, options, owner=request)``; concurrent
+    calls are allowed and may be batched or serialised by the implementation. ``owner`` names the
+    request a page belongs to, so a batching detector can be fair between requests.
     """
 
     labels: Sequence[str]
 
-    def detect(self, image: ImageInput, options: Optional[LayoutOptions] = None) -> list[LayoutBox]:
+    def detect(self, image: ImageInput, options: Optional[LayoutOptions] = None, *, owner: Hashable = None) -> list[LayoutBox]:
         """Boxes found on one page (an RGB PIL image or an HxWx3 RGB uint8 array)."""
+        ...
+
+
+class PageEngine(Protocol):
+    """A layout engine that detects several pages at once, each with its own options (what a batcher drives)."""
+
+    labels: Sequence[str]
+    model_name: str
+
+    def detect_pages(self, images: Sequence[ImageInput], options: Sequence[Optional[LayoutOptions]]) -> list[list[LayoutBox]]:
+        """Boxes per page, in the pages' order."""
         ...
 
 

@@ -8,18 +8,16 @@ predicting is a plain function of plain data, unit-tested without paddle.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
+from ...planning.layout_model import PADDLE_INSTALL, LayoutModelSpec, PaddleEngine, inspect_model_dir, paddle_device
 from ...recipe import PP_DOCLAYOUT_V2_LABELS
 from ..options import LayoutOptions
-from .base import ImageInput, LayoutBox, LayoutModelError, LayoutSettings, layout_settings
-from .model_dir import Engine, LayoutModelSpec, inspect_model_dir
-
-_INSTALL_HINT = "install the layout extra: pip install 'vllm-paddle-ocr[layout]' (paddlepaddle and paddlex[ocr-core])"
+from .base import ImageInput, LayoutBox, LayoutModelError, LayoutSettings, layout_settings, rgb_array
 
 
 def predict_kwargs(settings: LayoutSettings) -> dict[str, Any]:
@@ -65,18 +63,7 @@ def box_from_paddlex(raw: Mapping[str, Any]) -> LayoutBox:
 
 def to_bgr_array(image: ImageInput) -> np.ndarray:
     """The HxWx3 BGR uint8 array paddlex expects, from an RGB PIL image or RGB array (gray and RGBA too)."""
-    if hasattr(image, "convert") and hasattr(image, "mode"):
-        array = np.asarray(image.convert("RGB"))
-    else:
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"a page image must be HxWx3 RGB (or gray, or RGBA); got shape {array.shape}")
-        array = array[:, :, :3]
-        if array.dtype != np.uint8:
-            raise ValueError(f"a page image array must be uint8; got {array.dtype}")
-    return np.ascontiguousarray(array[:, :, ::-1])
+    return np.ascontiguousarray(rgb_array(image)[:, :, ::-1])
 
 
 # ---------------------------------------------------------------- the paddlex edge
@@ -101,7 +88,7 @@ class PaddlexLayoutDetector:
         return self.spec.model_name
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> Optional[PaddleEngine]:
         return self.spec.engine
 
     @classmethod
@@ -111,16 +98,22 @@ class PaddlexLayoutDetector:
         *,
         device: str = "cpu",
         model_name: Optional[str] = None,
-        engine: Optional[Engine] = None,
+        engine: Optional[PaddleEngine] = None,
     ) -> "PaddlexLayoutDetector":
-        """Load a layout model directory with paddlex (device "cpu" or "gpu[:N]")."""
+        """Load a layout model directory with paddlex (device "cpu", "gpu[:N]" or "cuda[:N]")."""
         spec = inspect_model_dir(model_dir, model_name=model_name)
         if engine is not None:
-            spec = LayoutModelSpec(spec.model_dir, spec.model_name, engine)
+            spec = LayoutModelSpec(spec.model_dir, spec.model_name, engine, spec.torch_weights, spec.static_program)
+        if spec.engine is None:
+            raise LayoutModelError(
+                f"paddlex cannot load {spec.model_dir}: it needs inference.yml and the weights in one of its formats; "
+                "the torch engine (--layout-engine torch) can"
+            )
+        device = paddle_device(device)
         try:
             import paddlex
         except ImportError as exc:
-            raise LayoutModelError(f"layout detection needs paddlex: {_INSTALL_HINT} ({exc})") from exc
+            raise LayoutModelError(f"layout detection with paddle needs paddlex: {PADDLE_INSTALL} ({exc})") from exc
         try:
             model = paddlex.create_model(
                 model_name=spec.model_name, model_dir=str(spec.model_dir), device=device, engine=spec.engine
@@ -136,9 +129,27 @@ class PaddlexLayoutDetector:
         labels = config.get("label_list") or PP_DOCLAYOUT_V2_LABELS
         return cls(model, spec, labels)
 
-    def detect(self, image: ImageInput, options: Optional[LayoutOptions] = None) -> list[LayoutBox]:
+    def detect(self, image: ImageInput, options: Optional[LayoutOptions] = None, *, owner: Hashable = None) -> list[LayoutBox]:
         """Boxes on one page, in reading order."""
         return self.detect_batch([image], options)[0]
+
+    def detect_pages(self, images: Sequence[ImageInput], options: Sequence[Optional[LayoutOptions]]) -> list[list[LayoutBox]]:
+        """Boxes on several pages; pages with equal options share one paddlex call (it takes one set per call)."""
+        if len(images) != len(options):
+            raise ValueError(f"{len(images)} pages but {len(options)} option sets")
+        groups: list[tuple[Optional[LayoutOptions], list[int]]] = []
+        for index, page_options in enumerate(options):
+            for group_options, members in groups:
+                if group_options == page_options:
+                    members.append(index)
+                    break
+            else:
+                groups.append((page_options, [index]))
+        results: list[list[LayoutBox]] = [[] for _ in images]
+        for group_options, members in groups:
+            for index, boxes in zip(members, self.detect_batch([images[i] for i in members], group_options)):
+                results[index] = boxes
+        return results
 
     def detect_batch(
         self, images: Sequence[ImageInput], options: Optional[LayoutOptions] = None
