@@ -25,6 +25,7 @@ from pathlib import Path
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import vram
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
     PUBLISHED_PREPROCESSOR_CONFIG,
+    published_layout_bytes,
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
@@ -54,6 +55,17 @@ GOAL_BYTES = 8 * GiB  # an 80 GiB card at concurrency 64 claims at most this
 VLLM_DEFAULT_FRACTION = 0.92
 PADDLEX_SERVER_FRACTION = 0.5
 PUBLISHED_PARAMETERS = 905_601_648  # what transformers lists for this config, used if it is not installed
+
+
+# The layout model on the instance's GPU, as the torch engine runs it by default (--layout-device cpu
+# leaves it off the card: `--layout-on-cpu` here).
+LAYOUT_BYTES = published_layout_bytes("0.9B")
+_layout_bytes = LAYOUT_BYTES
+
+
+def options(**fields) -> vram.VramOptions:
+    """The budget's options with this run's layout model part."""
+    return vram.VramOptions(layout_model_bytes=_layout_bytes, **fields)
 
 
 def tensor_shapes() -> dict[str, list[int]]:
@@ -99,7 +111,7 @@ def snapshot(name: str) -> GpuSnapshot:
 
 def claim_cell(needs: ModelMemoryNeeds, snap: GpuSnapshot, concurrency: int) -> str:
     try:
-        plan = vram.plan_vram(needs, snap, vram.VramOptions(concurrency=concurrency))
+        plan = vram.plan_vram(needs, snap, options(concurrency=concurrency))
     except vram.VramError:
         return "refused"
     cell = f"{plan.claim_bytes / GiB:.2f}"
@@ -116,12 +128,12 @@ def fixed_cell(snap: GpuSnapshot, fraction: float) -> str:
 def instances_with_plan(needs: ModelMemoryNeeds, snap: GpuSnapshot, concurrency: int) -> int:
     """Instances started one after another (the start lock), each at `concurrency`, until one is refused."""
     free, count = snap.gpus[0].free_bytes, 0
-    options = vram.VramOptions(concurrency=concurrency, concurrency_floor=concurrency)
+    each = options(concurrency=concurrency, concurrency_floor=concurrency)
     while count < 1000:
         current = snap.model_copy(deep=True)
         current.gpus[0].free_bytes = free
         try:
-            plan = vram.plan_vram(needs, current, options)
+            plan = vram.plan_vram(needs, current, each)
         except vram.VramError:
             break
         count += 1
@@ -144,16 +156,16 @@ def booking_rows(needs: ModelMemoryNeeds) -> list[dict]:
 
     'takes' is what the instance holds at the default concurrency: the plan's estimate, the same on any card.
     """
-    claim = vram.gpustack_claim(needs, vram.VramOptions())
+    claim = vram.gpustack_claim(needs, options())
     # GPUStack 2.3 books a custom backend at max(its estimate, total x a declared fraction); the estimate
     # is the weight files x 1.2 + 2 GiB (policies/utils.py, estimate_model_vram).
     gpustack_estimate = int(needs.checkpoint_bytes * 1.2) + 2 * GiB
-    planned_24 = vram.plan_vram(needs, None, vram.VramOptions(gpu_total_bytes=24 * GiB)).gpu_memory_utilization
+    planned_24 = vram.plan_vram(needs, None, options(gpu_total_bytes=24 * GiB)).gpu_memory_utilization
     rows = []
     for label, name in CARDS[:5]:
         snap = snapshot(name)
         gpu = snap.gpus[0]
-        inside = vram.plan_vram(needs, snap, vram.VramOptions(vram_claim_bytes=claim))
+        inside = vram.plan_vram(needs, snap, options(vram_claim_bytes=claim))
         takes = inside.needed_bytes
         by_share = max(gpustack_estimate, int(planned_24 * gpu.total_bytes))
         rows.append({
@@ -184,7 +196,10 @@ def print_table(headers: list[str], keys: list[str], rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the table as JSON rows")
+    parser.add_argument("--layout-on-cpu", action="store_true", help="leave the layout model off the GPU")
     args = parser.parse_args(argv)
+    global _layout_bytes
+    _layout_bytes = 0 if args.layout_on_cpu else LAYOUT_BYTES
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = resolve_model_repo(write_header_only_model(Path(tmp)))
@@ -210,14 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             "instances_vllm": instances_with_fraction(snap, VLLM_DEFAULT_FRACTION),
             "instances_paddlex": instances_with_fraction(snap, PADDLEX_SERVER_FRACTION),
         })
-    h100 = vram.plan_vram(needs, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
-    h100_worst = vram.plan_vram(worst, snapshot("h100_80gb_empty"), vram.VramOptions(concurrency=64))
+    h100 = vram.plan_vram(needs, snapshot("h100_80gb_empty"), options(concurrency=64))
+    h100_worst = vram.plan_vram(worst, snapshot("h100_80gb_empty"), options(concurrency=64))
     bookings = booking_rows(needs)
     if args.json:
         print(json.dumps({"rows": rows, "bookings": bookings, "goal_met": h100.claim_bytes <= GOAL_BYTES}, indent=2))
         return 0 if h100.claim_bytes <= GOAL_BYTES else 1
 
     print("PaddleOCR-VL-0.9B: GiB claimed per instance (GPUStack books this; vLLM checks it against free memory)")
+    print(
+        f"layout model: {'on the CPU (not on the card)' if not _layout_bytes else f'PP-DocLayoutV2 on the instance GPU, {_layout_bytes / GiB:.2f} GiB (its CUDA context, half-precision weights, a batch of pages)'}"
+    )
     print(
         f"model: {needs.parameter_count:,} parameters, {needs.weight_bytes / GiB:.2f} GiB bf16 weights, "
         f"{needs.kv_bytes_per_token} KV bytes/token; --max-num-batched-tokens {needs.max_num_batched_tokens}, "

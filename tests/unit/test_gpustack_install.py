@@ -40,7 +40,7 @@ def test_install_links_the_worker_path_to_a_runnable_executable(tmp_path, capsys
     assert link.is_symlink() and link.exists()
     assert Path(os.readlink(link)) == find_executable(RUNTIME.executable)
     assert "backend:          vllm" in out and "backend_version:  paddle_ocr" in out
-    assert "--gpu-memory-utilization=0." in out and "--max-num-batched-tokens=16384" in out
+    assert "--gpu-memory-utilization=0." in out and "--max-num-batched-tokens=8192" in out
     # What the worker then runs.
     run = subprocess.run([str(link), "serve", "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

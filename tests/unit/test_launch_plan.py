@@ -10,6 +10,7 @@ from vllm_paddle_ocr.plugin.records import EngineInfo
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import build_launch_plan
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import served_context_length
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.recipe import MAX_NUM_BATCHED_TOKENS
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.serving.argv import parse_serve_argv
 
 NEW_VLLM = EngineInfo(distribution="vllm", version="0.32.0", native_paddleocr_vl=True, known_options=None)
@@ -77,7 +78,7 @@ def test_recommended_flags_template_and_context_are_added(repo):
     argv = plan_for([], repo).vllm_argv
     for flag in ("--no-enable-prefix-caching", "--trust-request-mm-kwargs"):
         assert argv.count(flag) == 1
-    assert argv[argv.index("--max-num-batched-tokens") + 1] == "16384"
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == str(MAX_NUM_BATCHED_TOKENS)
     assert argv[argv.index("--mm-processor-cache-gb") + 1] == "0"
     assert argv[argv.index("--chat-template") + 1] == "/tpl/t.jinja"
     assert argv[argv.index("--model") + 1] == str(repo.vlm_dir)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures.tiny_vlm import write_fake_layout_model, write_fake_vlm_config
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.layout_model import (
+    GPU_BATCH_SIZE,
     LayoutModelError,
     LayoutModelSpec,
     choose_layout,
@@ -36,7 +37,7 @@ ONNX_ONLY = LayoutModelSpec(Path("/m/PP-DocLayoutV2"), "PP-DocLayoutV2", "onnxru
 
 def test_auto_prefers_torch_and_says_why():
     choice = choose_layout(STATIC, gpu_present=True)
-    assert (choice.engine, choice.device, choice.batch_size) == ("torch", "cuda", 8)
+    assert (choice.engine, choice.device, choice.batch_size) == ("torch", "cuda", GPU_BATCH_SIZE["PP-DocLayoutV2"])
     assert "conversion of paddle's static format" in choice.reason
 
 
@@ -155,7 +156,7 @@ def test_plan_for_people_names_the_engine_and_the_layout_part(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "(PP-DocLayoutV2, torch engine on cuda, batches of 8)" in out.stdout
+    assert "(PP-DocLayoutV2, torch engine on cuda, batches of 4)" in out.stdout
     (parts,) = [line for line in out.stdout.splitlines() if line.startswith("VRAM parts:")]
     assert "layout model" in parts
 
@@ -198,13 +199,13 @@ def test_a_fraction_too_small_for_the_layout_model_says_so(tmp_path):
     layout = write_fake_layout_model(tmp_path / "PP-DocLayoutV2", params_bytes=PUBLISHED_V2_PARAMS_BYTES)
     out = subprocess.run(
         [*EXE, "plan", str(repo), "--layout-model-dir", str(layout), "--gpu-total", "24GiB",
-         "--gpu-memory-utilization=0.15", "--layout-device", "cuda"],
+         "--gpu-memory-utilization=0.10", "--layout-device", "cuda"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 1 and "the layout model" in out.stderr and "use at least" in out.stderr
     without = subprocess.run(
         [*EXE, "plan", str(repo), "--layout-model-dir", str(layout), "--gpu-total", "24GiB",
-         "--gpu-memory-utilization=0.15", "--layout-device", "cpu"],
+         "--gpu-memory-utilization=0.10", "--layout-device", "cpu"],
         capture_output=True, text=True, timeout=120,
     )
     assert without.returncode == 0, without.stderr

@@ -13,15 +13,18 @@ from hypothesis import strategies as st
 
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning import vram
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.deploy.catalog import (
+    PUBLISHED_LAYOUT_PARAMETERS,
     PUBLISHED_PREPROCESSOR_CONFIG,
     PUBLISHED_TEXT_CONFIG,
     PUBLISHED_VISION_CONFIG,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.launch_plan import memory_flags
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.layout_model import GPU_BATCH_SIZE
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.memory_needs import (
     CUDA_CONTEXT_BYTES,
     NCCL_BYTES,
     MemoryNeedsError,
+    layout_model_bytes,
     needs_for_request,
 )
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.planning.model_repo import resolve_model_repo
@@ -83,13 +86,14 @@ def vllm_starts(plan: vram.VramPlan) -> bool:
 # --- the recorded cards -------------------------------------------------------------------------------
 
 
-def test_h100_at_concurrency_64_claims_at_most_8_gib(needs):
-    plan = plan_vram(needs, card("h100_80gb_empty"), VramOptions(concurrency=64))
+def test_h100_at_concurrency_64_claims_at_most_8_gib_with_its_layout_model(needs):
+    layout = layout_model_bytes("PP-DocLayoutV2", PUBLISHED_LAYOUT_PARAMETERS["PP-DocLayoutV2"], GPU_BATCH_SIZE["PP-DocLayoutV2"])
+    plan = plan_vram(needs, card("h100_80gb_empty"), VramOptions(concurrency=64, layout_model_bytes=layout))
     assert plan.available and plan.source == "planned"
     assert plan.concurrency == plan.requested_concurrency == 64
-    assert plan.claim_bytes <= 8 * GiB
-    assert plan.gpu_memory_utilization == pytest.approx(0.10)
-    assert plan.gpustack_parameter == "--gpu-memory-utilization=0.10"
+    assert plan.breakdown.layout_model == layout > 0
+    assert plan.claim_bytes <= 8 * GiB and plan.gpustack_claim_bytes <= 8 * GiB
+    assert plan.gpustack_parameter == f"--gpu-memory-utilization={vram.fraction_text(plan.gpu_memory_utilization)}"
     # The fixed KV cache holds the 64 in-flight blocks at their planned length, and vLLM runs that many.
     assert plan.kv_cache_memory_bytes // needs.kv_bytes_per_token >= 64 * needs.tokens_per_request
     assert plan.max_num_seqs == 64
@@ -383,12 +387,13 @@ def test_gpu_free_overrides_what_nvml_read(needs):
 
 
 def test_a_finer_fraction_is_used_where_0_01_of_a_big_card_would_not_fit(needs):
-    # 0.01 of a 79 GiB card is 0.79 GiB: with 6 GiB free only a 0.001 step leaves room to start.
-    plan = plan_vram(needs, card("h100_80gb_empty"), VramOptions(concurrency=4, gpu_free_bytes=6 * GiB))
+    # 0.01 of a 79 GiB card is 0.79 GiB: with 5 GiB free only a 0.001 step leaves room to start.
+    options = VramOptions(concurrency=16, concurrency_floor=16, gpu_free_bytes=5200 * MiB)
+    plan = plan_vram(needs, card("h100_80gb_empty"), options)
     assert vllm_starts(plan)
     assert len(vram.fraction_text(plan.gpu_memory_utilization).split(".")[1]) == 3
     assert plan.gpustack_parameter == f"--gpu-memory-utilization={vram.fraction_text(plan.gpu_memory_utilization)}"
-    roomy = plan_vram(needs, card("h100_80gb_empty"), VramOptions(concurrency=4))
+    roomy = plan_vram(needs, card("h100_80gb_empty"), VramOptions(concurrency=16))
     assert vram.fraction_text(roomy.gpu_memory_utilization) == f"{roomy.gpu_memory_utilization:.2f}"
 
 
@@ -508,7 +513,7 @@ def test_defaults_from_a_bare_serve_request(model_dir):
     assert not options.kv_cache_flag_supported and options.margin == vram.DEFAULT_MARGIN
     needs = needs_for_request(request, resolve_model_repo(model_dir))
     # The recipe's batch, and the context the launch plan serves: the largest crop and 4096 new tokens.
-    assert needs.max_num_batched_tokens == 16384 and needs.max_model_len == 8192
+    assert needs.max_num_batched_tokens == 8192 and needs.max_model_len == 8192
 
 
 def test_an_unreadable_user_value_names_the_flag(model_dir):

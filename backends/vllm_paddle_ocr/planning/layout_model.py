@@ -35,9 +35,9 @@ HF_CONFIG_FILE = "config.json"
 # transformers' model_type for each model.
 MODEL_TYPES: dict[str, str] = {"pp_doclayout_v2": "PP-DocLayoutV2", "pp_doclayout_v3": "PP-DocLayoutV3"}
 # Pages detected together on a GPU (one forward pass), sized so the layout model's activations stay
-# under 1.2 GiB (PP-DocLayoutV3 computes a mask per query in every decoder layer: four times V2's
-# memory per page); on a CPU, where a larger batch only adds waiting.
-GPU_BATCH_SIZE: dict[str, int] = {"PP-DocLayoutV2": 8, "PP-DocLayoutV3": 2}
+# near 0.6 GiB beside vLLM (PP-DocLayoutV3 computes a mask per query in every decoder layer: four times
+# V2's memory per page); and on a CPU, where a larger batch only adds waiting.
+GPU_BATCH_SIZE: dict[str, int] = {"PP-DocLayoutV2": 4, "PP-DocLayoutV3": 2}
 CPU_BATCH_SIZE = 4
 
 # What each paddlex engine needs besides inference.yml, in the order an engine is chosen when several fit:
