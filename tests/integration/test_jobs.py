@@ -22,7 +22,11 @@ JOBS = "/layout-parsing/jobs"
 
 @pytest.fixture(scope="module")
 def replicas(tiny_repo, cpu_env, tmp_path_factory):
-    """Replica A and B behind no balancer: each its own data directory and vLLM, one Redis job store."""
+    """Replica A and B behind no balancer: each its own data directory and vLLM, one Redis job store.
+
+    Pages are detected one at a time: a job's answer is compared with a synchronous one, and a page
+    detected in a batch with others can differ in the last digits, where random-weight scores tie.
+    """
     root = tmp_path_factory.mktemp("replicas")
     with redis_server(root / "redis") as url:
         servers = []
@@ -32,6 +36,7 @@ def replicas(tiny_repo, cpu_env, tmp_path_factory):
                 server = start_serve(
                     tiny_repo, cpu_env, root / f"{name}.log", "--api-key", KEY, "--max-model-len", "2048",
                     "--job-store", url, "--data-dir", str(root / name), "--upstream-port", str(upstream),
+                    "--layout-batch-size", "1",
                 )  # fmt: skip
                 server.upstream = f"http://127.0.0.1:{upstream}"
                 servers.append(server)
