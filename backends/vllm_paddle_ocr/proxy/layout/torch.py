@@ -9,6 +9,7 @@ directory; no paddle is needed.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Hashable, Sequence
@@ -90,8 +91,6 @@ class TorchLayoutDetector:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         config_class, model_class = transformers_classes(spec.model_name)
         try:
-            import json
-
             raw = json.loads((weights_dir / "config.json").read_text(encoding="utf-8"))
             config = config_class.from_dict(complete_config(raw, spec.model_name))
             model = model_class.from_pretrained(str(weights_dir), config=config, dtype=dtype)
