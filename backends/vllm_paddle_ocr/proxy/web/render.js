@@ -86,7 +86,15 @@ export function drawBlocks(svg, pruned) {
     shape.setAttribute("stroke", colour);
     shape.setAttribute("fill", colour);
     group.append(shape);
-    const tag = svgElement("text", { x: x1 + 3, y: y1 + fontSize, "font-size": fontSize, fill: colour });
+    // A tag on the right half of the page runs leftwards from the box's right edge, so it stays on the page.
+    const rightHalf = x1 > pruned.width / 2;
+    const tag = svgElement("text", {
+      x: rightHalf ? x2 - 3 : x1 + 3,
+      y: y1 + fontSize,
+      "text-anchor": rightHalf ? "end" : "start",
+      "font-size": fontSize,
+      fill: colour,
+    });
     tag.textContent = order === null ? block.block_label : `${order} ${block.block_label}`;
     group.append(tag);
     svg.append(group);
