@@ -34,8 +34,8 @@ from .jobs.runner import JobRunner, open_store
 from .jobs.store import JobFiles
 from .layout.base import LayoutDetector
 from .metrics import ProxyMetrics
-from .passthrough import Passthrough
 from .parsing import DocumentParser
+from .passthrough import Passthrough
 from .pipeline import LayoutPipeline
 from .recognition.vlm_client import VlmClient
 from .state import UpstreamState

@@ -20,17 +20,17 @@ from typing import Any, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..admission import Admission
+from ..decoding import validate
 from ..errors import InputError, ProxyError, new_log_id
+from ..inputs import is_url
 from ..jobs.model import Job, is_job_id, status_view
 from ..jobs.runner import JobRunner
 from ..metrics import ProxyMetrics
 from ..parsing import DocumentParser, success
 from ..pipeline import selected_pages
-from ..decoding import validate
-from ..inputs import is_url
 from ..protocol import INFER_ENDPOINT, InferRequest
 from ..state import UpstreamState
-from ..admission import Admission
 from .paddlex import PaddlexEndpoint, RequestContext, json_response
 
 JOBS_PATH = INFER_ENDPOINT + "/jobs"
