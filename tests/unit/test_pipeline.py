@@ -240,18 +240,31 @@ def test_detector_failure_names_the_page():
         run(tiff_document([300, 300]), options_for(), detector=FakeDetector(fail_on_call=2), pages_in_flight=1)
 
 
-def test_a_page_that_cannot_be_rendered_is_an_input_error():
-    class Broken:
-        kind, page_count = "pdf", 2
+class BrokenPages:
+    """A two-page document whose listed pages raise when rendered, as a PDF with a bad xref does."""
 
-        def page(self, index):
+    kind, page_count = "pdf", 2
+
+    def __init__(self, broken):
+        self.broken = broken
+
+    def page(self, index):
+        if index + 1 in self.broken:
             raise ValueError("bad xref")
+        return make_page_image(300, 300)
 
-        def close(self):
-            pass
+    def close(self):
+        pass
 
+
+def test_a_page_that_cannot_be_rendered_is_an_input_error_naming_it():
+    with pytest.raises(InputError, match=r"page 2 cannot be rendered \(bad xref\)"):
+        run(BrokenPages({2}), options_for(useLayoutDetection=False))
+
+
+def test_with_every_page_broken_the_first_is_named():
     with pytest.raises(InputError, match="page 1 cannot be rendered"):
-        run(Broken(), options_for(useLayoutDetection=False))
+        run(BrokenPages({1, 2}), options_for(useLayoutDetection=False), pages_in_flight=1)
 
 
 def test_returned_pictures_fit_2000_by_2000_as_jpeg():

@@ -94,7 +94,7 @@ class LayoutPipeline:
                     running[future] = next_position
                     next_position += 1
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for future in done:
+                for future in sorted(done, key=running.__getitem__):  # pages failing together: the first is told
                     position = running.pop(future)
                     output = future.result()
                     outputs[position] = output if on_page is None else await on_page(position, output)
