@@ -311,6 +311,59 @@ def test_an_interrupted_run_cancels_the_jobs_it_started(tmp_path):
     assert "cancelled 1 job(s)" in summary and "could not cancel" not in summary
 
 
+class HeldSubmission(Gate):
+    """Makes the job a POST asks for, but holds the 202 until `release` is set: Ctrl-C lands mid-request."""
+
+    def __init__(self, app) -> None:
+        super().__init__(app)
+        self.made = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(JOBS):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def held(message) -> None:
+            if message["type"] == "http.response.start":
+                self.made.set()
+                while not self.release.is_set():
+                    await asyncio.sleep(0.02)
+            await send(message)
+
+        await super().__call__(scope, receive, held)
+
+
+def test_a_run_interrupted_while_its_job_is_being_submitted_still_cancels_that_job(tmp_path):
+    (tmp_path / "long.pdf").write_bytes(make_pdf(4))
+    found = find_documents([tmp_path / "long.pdf"], tmp_path / "out")
+    outcomes = [Outcome(document) for document in found.documents]
+
+    async def main(url, gate):
+        async with LayoutParsingClient(url) as client:
+            run = asyncio.ensure_future(
+                parse_documents(client, outcomes, {"visualize": False}, concurrency=1, show_progress=False)
+            )
+            while not gate.made.is_set():
+                await asyncio.sleep(0.02)
+            run.cancel()  # Ctrl-C while the server's 202 is on its way
+            await asyncio.sleep(0.1)
+            gate.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    fake = FakeVllm(answer=answer_by_prompt, delay_s=0.3)
+    with proxy_in_thread(tmp_path / "data", HeldSubmission, fake=fake) as (url, gate):
+        asyncio.run(main(url, gate))
+        assert gate.made.is_set() and outcomes[0].job is not None, "the job made by the interrupted POST was lost"
+        job_id = outcomes[0].job.job_id
+        server_side = job_status(url, job_id)
+    assert gate.requests("DELETE") == [f"{JOBS}/{job_id}"]
+    assert server_side["status"] == "cancelled" and outcomes[0].job.status == "cancelled"
+    summary = interrupted_summary(outcomes, tmp_path / "out")
+    assert f"cancelled 1 job(s) on the server: {tmp_path / 'long.pdf'} (job {job_id})" in summary
+
+
 def test_a_document_past_its_timeout_has_its_job_cancelled(tmp_path):
     fake = FakeVllm(answer=answer_by_prompt, delay_s=0.5)
     progress: list[JobProgress] = []

@@ -173,7 +173,7 @@ class LayoutParsingClient:
             body["fileType"] = kind
         report = progress or (lambda _: None)
         try:
-            submitted = await self._request("POST", JOBS_PATH, json=body, accept=(202,))
+            submitted = await self._submit(body, report)
         except ServerError as exc:
             if exc.status not in (404, 405):
                 raise
@@ -188,6 +188,24 @@ class LayoutParsingClient:
         except JobEnded:
             raise
         except BaseException:  # interrupted, out of time, or the server lost: stop the server's work too
+            cancelled = await self.cancel(job_id)
+            if cancelled is not None:
+                report(cancelled)
+            raise
+
+    async def _submit(self, body: dict[str, Any], report: Progress) -> _Answer:
+        """POST the job; interrupted mid-request, the answer is still awaited so the job it made is cancelled."""
+        submission = asyncio.ensure_future(self._request("POST", JOBS_PATH, json=body, accept=(202,)))
+        try:
+            return await asyncio.shield(submission)
+        except asyncio.CancelledError as interrupted:
+            try:
+                submitted = await asyncio.wait_for(asyncio.shield(submission), CANCEL_TIMEOUT_S)
+            except (ServerError, asyncio.TimeoutError, asyncio.CancelledError):
+                submission.cancel()
+                raise interrupted from None  # no job was made, or none the client could learn of
+            job_id = str(submitted.envelope["result"]["jobId"])
+            report(JobProgress.of(submitted.envelope["result"]))
             cancelled = await self.cancel(job_id)
             if cancelled is not None:
                 report(cancelled)
