@@ -6,11 +6,15 @@ the flow (queue, progress, results, cancel, restart, retention, replicas), the i
 
 import asyncio
 import base64
+import os
+import signal
+import sqlite3
 import time
 from urllib.parse import urljoin
 
 import httpx
 import pytest
+import redis
 
 from tests.fixtures.documents import make_pdf
 from tests.fixtures.fake_layout import FakeDetector
@@ -18,10 +22,11 @@ from tests.fixtures.fake_vllm import FakeVllm, serve_on_loopback
 from tests.fixtures.redis_server import redis_server
 from tests.unit.test_proxy_app import answer_by_prompt, error_of, scenario, settings
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.app import create_app
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs import redis_store, sqlite_store
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.model import Job
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.runner import OWNER_GONE, RESTARTED
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.runner import LOST, OWNER_GONE, RESTARTED
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.sqlite_store import SqliteJobStore
-from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.store import JobFiles
+from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.jobs.store import STORE_RETRY_AFTER_S, JobFiles
 from vllm_paddle_ocr.backends.vllm_paddle_ocr.proxy.state import UpstreamState
 
 PDF3 = base64.b64encode(make_pdf(3)).decode()
@@ -305,6 +310,88 @@ def test_a_job_whose_replica_stopped_renewing_its_lease_is_failed_by_another(red
     while_alive, after = replicas(check, redis_url, tmp_path)
     assert while_alive["status"] == "running"
     assert after["status"] == "failed" and after["error"]["errorMsg"] == OWNER_GONE
+
+
+def test_a_redis_that_stops_answering_is_a_503_with_retry_after_and_jobs_run_again_once_it_answers(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(redis_store, "COMMAND_TIMEOUT_S", 0.3)
+    with redis_server(tmp_path / "redis") as url:
+        pid = redis.Redis.from_url(url).info("server")["process_id"]
+
+        async def check(a, b, fake, apps):
+            before = (await submit(a, file=PDF3)).json()["result"]["jobId"]
+            await wait_status(a, before, {"done"})
+            os.kill(pid, signal.SIGSTOP)  # the store hangs: connections open, nothing answered
+            try:
+                silent = (
+                    await a.get(f"{JOBS}/{before}"),
+                    await b.get(f"{JOBS}/{before}/result?wait=5"),
+                    await a.post(JOBS, json={"file": PDF3, "visualize": False}),
+                    await b.delete(f"{JOBS}/{before}"),
+                )
+                await asyncio.sleep(1.0)  # the workers meet the silent store too
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            after = (await submit(a, file=PDF3)).json()["result"]["jobId"]
+            return silent, await wait_status(a, after, {"done", "failed"}), await wait_status(b, before, {"done"})
+
+        silent, after, before = replicas(check, url, tmp_path)
+    for answer in silent:
+        message = error_of(answer, 503)
+        assert message.startswith(f"Service unavailable: the job store at {url} did not answer (TimeoutError")
+        assert message.endswith(f"retry in {STORE_RETRY_AFTER_S} s")
+        assert answer.headers["retry-after"] == str(STORE_RETRY_AFTER_S)
+    assert after["status"] == "done" and after["pagesDone"] == 3
+    assert before["status"] == "done"  # nothing was changed while the store was silent
+    assert not list((tmp_path / "replica1").glob("jobs/*/body.json"))  # the refused submission left no body
+
+
+def test_a_sqlite_store_locked_past_its_busy_timeout_is_a_503_and_takes_jobs_once_free(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+
+    async def check(client, fake, state, app):
+        first = (await submit(client, file=PDF3)).json()["result"]["jobId"]
+        await wait_status(client, first, {"done"})
+        other = sqlite3.connect(tmp_path / "jobs" / "jobs.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            locked = await client.post(JOBS, json={"file": PDF3, "visualize": False})
+            readable = await client.get(f"{JOBS}/{first}")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        second = (await submit(client, file=PDF3)).json()["result"]["jobId"]
+        return locked, readable, await wait_status(client, second, {"done", "failed"})
+
+    locked, readable, second = scenario(check, data_dir=str(tmp_path))
+    message = error_of(locked, 503)
+    assert message == (
+        f"Service unavailable: the job store {tmp_path / 'jobs' / 'jobs.sqlite3'} did not answer "
+        f"(OperationalError: database is locked); retry in {STORE_RETRY_AFTER_S} s"
+    )
+    assert locked.headers["retry-after"] == str(STORE_RETRY_AFTER_S)
+    assert readable.status_code == 200  # readers are not held up by a writer (WAL)
+    assert second["status"] == "done"
+    assert len(list((tmp_path / "jobs").glob("*/body.json"))) == 0
+
+
+def test_a_running_job_whose_end_could_not_be_stored_is_failed_by_housekeeping(tmp_path):
+    """The store did not answer when a job ended, so it still reads running though no worker runs it."""
+
+    async def check(client, fake, state, app):
+        runner = app.job_runner
+        await submit(client, file=PDF3)  # opens the store
+        now = time.time()
+        for job_id, started in (("d" * 32, now - 2 * runner.lease_s), ("e" * 32, now)):
+            await runner.store.add(Job(id=job_id, log_id=job_id, owner=runner.owner, incarnation=runner.incarnation,
+                                       status="running", created_at=started, started_at=started))  # fmt: skip
+        await runner.housekeep()
+        return [(await client.get(f"{JOBS}/{job_id}")).json()["result"] for job_id in ("d" * 32, "e" * 32)]
+
+    lost, recent = scenario(check, data_dir=str(tmp_path))
+    assert lost["status"] == "failed" and lost["error"] == {"errorCode": 503, "errorMsg": LOST}
+    assert recent["status"] == "running"  # just claimed: its worker may not have registered it yet
 
 
 def test_job_answers_follow_the_documented_schema(tmp_path):

@@ -6,16 +6,21 @@ with its retention, so Redis forgets them on its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Collection
-from typing import Any, Optional
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Optional, TypeVar
 
 from .model import ACTIVE, FINISHED, Job, Status
-from .store import JobStoreError
+from .store import JobStoreError, JobStoreUnavailable
 
 PREFIX = "vllm_paddle_ocr:jobs:"
 CONNECT_TIMEOUT_S = 5.0
+# Every command here is small: one that takes longer is asked again, up to COMMAND_RETRIES times, then
+# answered as a 503. (redis-py 8's own default is 5 s and 10 retries; a loaded host can pass the first.)
+COMMAND_TIMEOUT_S = 10.0
+COMMAND_RETRIES = 2
 _INT_FIELDS = {"pages_total", "pages_done", "error_code"}
 _FLOAT_FIELDS = {"created_at", "started_at", "finished_at", "expires_at"}
 
@@ -52,6 +57,22 @@ return 1
 """
 
 
+T = TypeVar("T")
+
+
+def _answered(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A store method whose connection or timeout errors from Redis become JobStoreUnavailable (a 503)."""
+
+    @functools.wraps(method)
+    async def call(self: "RedisJobStore", *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except self._unanswered as exc:
+            raise JobStoreUnavailable(f"at {_safe(self.url)}", exc) from None
+
+    return call
+
+
 def _encode(name: str, value: Any) -> str:
     if value is None:
         return ""
@@ -86,6 +107,7 @@ class RedisJobStore:
         self._redis: Any = None
         self._update: Any = None
         self._put_page: Any = None
+        self._unanswered: tuple[type[BaseException], ...] = ()  # Redis's connection and timeout errors, once open
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -100,7 +122,16 @@ class RedisJobStore:
             raise JobStoreError(
                 "--job-store redis://... needs the redis package: pip install 'vllm-paddle-ocr[redis]'"
             ) from None
-        client = redis_asyncio.from_url(self.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        client = redis_asyncio.from_url(
+            self.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), COMMAND_RETRIES),
+        )  # fmt: skip
+        self._unanswered = (RedisConnectionError, RedisTimeoutError)
         try:
             await client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is the same message
@@ -118,6 +149,7 @@ class RedisJobStore:
     def _job_keys(self, job: Job) -> list[str]:
         return [self._key("job", job.id), self._key("job", job.id, "pages"), self._key("active"), self._key("queue", job.owner)]
 
+    @_answered
     async def add(self, job: Job) -> None:
         fields = {name: _encode(name, value) for name, value in job.fields().items()}
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -126,10 +158,12 @@ class RedisJobStore:
             pipe.zadd(self._key("queue", job.owner), {job.id: job.created_at})
             await pipe.execute()
 
+    @_answered
     async def get(self, job_id: str) -> Optional[Job]:
         values = await self._redis.hgetall(self._key("job", job_id))
         return _decode(values) if values else None
 
+    @_answered
     async def update(self, job_id: str, expect: Collection[Status] = (), **fields: Any) -> bool:
         owner = await self._redis.hget(self._key("job", job_id), "owner")
         if owner is None:
@@ -143,11 +177,13 @@ class RedisJobStore:
         keys = [self._key("job", job_id), self._key("job", job_id, "pages"), self._key("active"), self._key("queue", owner)]
         return bool(await self._update(keys=keys, args=args))
 
+    @_answered
     async def queued(self, owner: str) -> list[Job]:
         ids = await self._redis.zrange(self._key("queue", owner), 0, -1)
         jobs = [await self.get(job_id) for job_id in ids]
         return [job for job in jobs if job is not None and job.status == "queued"]
 
+    @_answered
     async def active(self) -> list[Job]:
         ids = await self._redis.smembers(self._key("active"))
         jobs = [await self.get(job_id) for job_id in ids]
@@ -157,14 +193,17 @@ class RedisJobStore:
             await self._redis.srem(self._key("active"), *gone)
         return sorted(found, key=lambda job: job.created_at)
 
+    @_answered
     async def put_page(self, job_id: str, position: int, page: dict[str, Any], *, new: bool = True) -> bool:
         text = json.dumps(page, ensure_ascii=False, separators=(",", ":"))
         keys = [self._key("job", job_id), self._key("job", job_id, "pages")]
         return bool(await self._put_page(keys=keys, args=[position, text, "1" if new else "0"]))
 
+    @_answered
     async def has_page(self, job_id: str, position: int) -> bool:
         return bool(await self._redis.hexists(self._key("job", job_id, "pages"), str(position)))
 
+    @_answered
     async def pages(self, job_id: str, start: int, stop: int) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         batch = 16
@@ -177,6 +216,7 @@ class RedisJobStore:
                 found.append(json.loads(text))
         return found
 
+    @_answered
     async def remove(self, job_id: str) -> None:
         job = await self.get(job_id)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -189,9 +229,11 @@ class RedisJobStore:
     async def expired(self, now: float) -> list[str]:
         return []  # finished jobs' keys carry their own expiry
 
+    @_answered
     async def renew(self, owner: str, incarnation: str, ttl_s: float) -> None:
         await self._redis.set(self._key("lease", owner), incarnation, px=max(1, int(ttl_s * 1000)))
 
+    @_answered
     async def alive(self, owner: str) -> Optional[str]:
         return await self._redis.get(self._key("lease", owner))
 

@@ -27,7 +27,7 @@ from ..state import UpstreamState
 from .model import ACTIVE, FINISHED, Job, new_job_id
 from .redis_store import RedisJobStore
 from .sqlite_store import SqliteJobStore
-from .store import JobFiles, JobStore, JobStoreError
+from .store import JobFiles, JobStore, JobStoreError, JobStoreUnavailable
 
 log = logging.getLogger("vllm_paddle_ocr.proxy.jobs")
 
@@ -36,10 +36,13 @@ LEASE_S = 30.0
 # their watchers as soon as a page is stored.
 POLL_S = 0.5
 RETRY_QUEUE_FULL_S = 10
+# How long a worker waits before asking a job store that did not answer again.
+STORE_RETRY_S = 1.0
 RESTARTED = "The server restarted while this job was running; submit it again"
 STOPPED = "The server stopped while this job was running; submit it again"
 OWNER_GONE = "The instance that took this job stopped before finishing it; submit it again"
 BODY_GONE = "The job's body is no longer on the instance that took it; submit it again"
+LOST = "The job store did not answer when this job ended, so its end was lost; submit it again"
 
 
 def open_store(url: Optional[str], files: JobFiles) -> JobStore:
@@ -228,22 +231,30 @@ class JobRunner:
 
     # -- workers --------------------------------------------------------------------------------
     async def _work(self) -> None:
+        """One worker: take the next queued job and run it; a store that does not answer is waited out."""
         while True:
-            job = await self._next_queued()
-            if job is None:
-                self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                continue
-            ticket = await self.admission.wait()
             try:
-                claimed = await self.store.update(
-                    job.id, ("queued",), status="running", started_at=time.time(), incarnation=self.incarnation
-                )
-                if claimed:  # another worker may have taken it meanwhile
-                    await self._run_claimed(job, ticket)
-            finally:
-                await ticket.close()
+                await self._work_once()
+            except JobStoreUnavailable as exc:
+                log.warning("job worker: %s", exc.message)
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def _work_once(self) -> None:
+        job = await self._next_queued()
+        if job is None:
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            return
+        ticket = await self.admission.wait()
+        try:
+            claimed = await self.store.update(
+                job.id, ("queued",), status="running", started_at=time.time(), incarnation=self.incarnation
+            )
+            if claimed:  # another worker may have taken it meanwhile
+                await self._run_claimed(job, ticket)
+        finally:
+            await ticket.close()
 
     async def _run_claimed(self, job: Job, ticket: Ticket) -> None:
         """Run a job this worker claimed; a cancel cancels the run, a stopping worker stops it too."""
@@ -328,7 +339,10 @@ class JobRunner:
         """Cancel the run when another instance cancelled the job in the shared store."""
         while task is not None:
             await asyncio.sleep(POLL_S * 2)
-            job = await self.store.get(job_id)
+            try:
+                job = await self.store.get(job_id)
+            except JobStoreUnavailable:
+                continue  # asked again at the next look; the job runs on meanwhile
             if job is None or job.status == "cancelled":
                 task.cancel()
                 return
@@ -349,6 +363,13 @@ class JobRunner:
             return True
         return await self.store.alive(job.owner) == job.incarnation
 
+    def _lost(self, job: Job, now: float) -> bool:
+        """A job this process marked running that no worker runs: its end could not be stored at the time."""
+        return (
+            job.status == "running" and job.owner == self.owner and job.incarnation == self.incarnation
+            and job.id not in self._running and (job.started_at or now) < now - self.lease_s
+        )  # fmt: skip
+
     # -- housekeeping ---------------------------------------------------------------------------
     async def _keep(self) -> None:
         """Renew the lease, fail orphaned jobs, forget expired ones; a store hiccup is logged, not fatal."""
@@ -364,8 +385,11 @@ class JobRunner:
     async def housekeep(self) -> None:
         """One round: renew this process's lease, fail orphaned jobs, forget expired ones."""
         await self.store.renew(self.owner, self.incarnation, self.lease_s)
+        now = time.time()
         for job in await self.store.active():
             if not await self._owner_runs(job):
                 await self._fail(job.id, 500, OWNER_GONE, expect=ACTIVE)
-        for job_id in await self.store.expired(time.time()):
+            elif self._lost(job, now):
+                await self._fail(job.id, 503, LOST, expect=("running",))
+        for job_id in await self.store.expired(now):
             await self.store.remove(job_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .model import ACTIVE, FINISHED, Job, Status
-from .store import JobFiles, JobStoreError, write_atomic
+from .store import JobFiles, JobStoreError, JobStoreUnavailable, write_atomic
 
 _COLUMNS = (
     "id", "log_id", "owner", "incarnation", "status", "created_at", "started_at", "finished_at", "expires_at",
@@ -79,8 +79,11 @@ class SqliteJobStore:
         if self._db is None:
             raise JobStoreError("the job store is not open")
         with self._lock:
-            cursor = self._db.execute(sql, params)
-            return cursor.fetchall(), cursor.rowcount
+            try:
+                cursor = self._db.execute(sql, params)
+                return cursor.fetchall(), cursor.rowcount
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout, or the disk failed
+                raise JobStoreUnavailable(str(self.path), exc) from None
 
     async def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return (await asyncio.to_thread(self._run, sql, params))[0]

@@ -15,11 +15,28 @@ from typing import Any, Optional, Protocol
 
 from vllm_paddle_ocr.plugin.errors import VllmPaddleOcrError
 
+from ..errors import ProxyError
 from .model import Job, Status
+
+# Seconds a client is told to wait after the job store did not answer.
+STORE_RETRY_AFTER_S = 5
 
 
 class JobStoreError(VllmPaddleOcrError):
     """The job store cannot be opened or reached; the message names it and what to check."""
+
+
+class JobStoreUnavailable(ProxyError):
+    """The open job store did not answer in time or dropped the connection: a 503, asking again may succeed."""
+
+    status_code = 503
+
+    def __init__(self, store: str, exc: BaseException) -> None:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        super().__init__(
+            f"Service unavailable: the job store {store} did not answer ({detail}); retry in {STORE_RETRY_AFTER_S} s",
+            retry_after=STORE_RETRY_AFTER_S,
+        )
 
 
 class JobStore(Protocol):
