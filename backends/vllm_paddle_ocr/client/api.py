@@ -180,7 +180,7 @@ class LayoutParsingClient:
             return await self._parse_held_open(body, options, report)
         del body
         status = JobProgress.of(submitted.envelope["result"])
-        job_id = str(submitted.envelope["result"]["jobId"])
+        job_id = str(status.job_id)
         report(status)
         try:
             # Restructuring across pages rewrites every page once the last is done: read them all again then.
@@ -188,9 +188,7 @@ class LayoutParsingClient:
         except JobEnded:
             raise
         except BaseException:  # interrupted, out of time, or the server lost: stop the server's work too
-            cancelled = await self.cancel(job_id)
-            if cancelled is not None:
-                report(cancelled)
+            await self.cancel(job_id, report)
             raise
 
     async def _submit(self, body: dict[str, Any], report: Progress) -> _Answer:
@@ -204,11 +202,9 @@ class LayoutParsingClient:
             except (ServerError, asyncio.TimeoutError, asyncio.CancelledError):
                 submission.cancel()
                 raise interrupted from None  # no job was made, or none the client could learn of
-            job_id = str(submitted.envelope["result"]["jobId"])
-            report(JobProgress.of(submitted.envelope["result"]))
-            cancelled = await self.cancel(job_id)
-            if cancelled is not None:
-                report(cancelled)
+            made = JobProgress.of(submitted.envelope["result"])
+            report(made)
+            await self.cancel(str(made.job_id), report)
             raise
 
     async def _parse_held_open(self, body: dict[str, Any], options: Mapping[str, Any], report: Progress) -> dict[str, Any]:
@@ -250,15 +246,18 @@ class LayoutParsingClient:
             report(JobProgress(job_id, "done", count, count, None))
             return envelope
 
-    async def cancel(self, job_id: str) -> JobProgress | None:
-        """DELETE the job (its VLM work stops); its last status, or None when the server could not be told."""
+    async def cancel(self, job_id: str, report: Progress | None = None) -> JobProgress | None:
+        """DELETE the job (its VLM work stops); its last status, also told to `report`; None if the server was not told."""
         try:
             answer = await asyncio.shield(
                 asyncio.wait_for(self._request("DELETE", f"{JOBS_PATH}/{job_id}", once=True), CANCEL_TIMEOUT_S)
             )
         except (ServerError, asyncio.TimeoutError, asyncio.CancelledError):
             return None
-        return JobProgress.of(answer.envelope["result"])
+        cancelled = JobProgress.of(answer.envelope["result"])
+        if report is not None:
+            report(cancelled)
+        return cancelled
 
     async def join_pages(
         self, results: Sequence[Mapping[str, Any]], *, restructure: Mapping[str, Any] | None = None
