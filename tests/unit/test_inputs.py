@@ -192,6 +192,8 @@ def test_base64_decoding_accepts_data_urls_and_refuses_garbage():
         decode_base64("")
     with pytest.raises(InputError):
         decode_base64("abc")
+    with pytest.raises(InputError, match=r"`file` is neither an http\(s\) URL nor valid base64$"):
+        decode_base64("!!!")  # not "empty": something was sent, and none of it is base64
 
 
 def test_urls_are_recognised_and_typed_by_their_file_name():

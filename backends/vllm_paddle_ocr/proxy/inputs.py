@@ -71,6 +71,8 @@ def decode_base64(text: str) -> bytes:
         data = base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"{INVALID_FILE}: `file` is neither an http(s) URL nor valid base64 ({exc})") from None
+    if not data and text.strip():  # nothing but characters outside base64's alphabet
+        raise InputError(f"{INVALID_FILE}: `file` is neither an http(s) URL nor valid base64")
     if not data:
         raise InputError(f"{INVALID_FILE}: `file` is empty")
     return data
